@@ -1,0 +1,1005 @@
+/* test_conf.c: crunchd.conf parsing: defaults, every setting good and bad, messages, -T.
+ */
+#include "conf.h"
+#include "log.h"
+#include "tap.h"
+#include <sys/wait.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#define LISTEN1        "listen = [ \"127.0.0.1:50051\" ];\n"
+#define RANGE_SIZE_SHM "use a size from 64k to 64g"
+
+static char dir[PATH_MAX];       /* scratch directory, also the prefix */
+static char path[PATH_MAX + 16]; /* dir/crunchd.conf */
+static char err[2048];
+static cr_conf_t conf;
+
+static void write_file(const char *p, const char *text)
+{
+    FILE *f = fopen(p, "w");
+    if (f == NULL) {
+        perror(p);
+        exit(2);
+    }
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Write text as dir/crunchd.conf and load it with the prefix dir. */
+static int load(const char *text)
+{
+    write_file(path, text);
+    return cr_conf_load(&conf, path, dir, err, sizeof(err));
+}
+
+/* The text must fail with exactly "PATH:LINE: want" (line 0: "PATH: want"). */
+static void load_fails(const char *text, unsigned line, const char *want,
+                       const char *name)
+{
+    char full[3 * PATH_MAX];
+
+    if (line)
+        snprintf(full, sizeof(full), "%s:%u: %s", path, line, want);
+    else
+        snprintf(full, sizeof(full), "%s: %s", path, want);
+    if (load(text) != CR_ERROR) {
+        ok(0, "%s (loaded, but should fail)", name);
+        return;
+    }
+    is_str(err, full, name);
+}
+
+static void load_ok(const char *text, const char *name)
+{
+    int rc = load(text);
+    if (!ok(rc == CR_OK, "%s", name))
+        tap_diag("error: %s", err);
+}
+
+static unsigned online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 1024 ? 1024 : (unsigned)n;
+}
+
+static void test_defaults(void)
+{
+    char cwd[PATH_MAX], want[PATH_MAX + 32], longp[PATH_MAX + 10];
+
+    cr_conf_defaults(&conf, "/srv/crunchd/");
+    is_str(conf.prefix, "/srv/crunchd", "defaults: trailing slash of the prefix dropped");
+    is_int(conf.nlisten, 0, "defaults: no listeners");
+    is_int(conf.acceptors, 1, "defaults: acceptors 1");
+    is_int(conf.workers, online_cpus(), "defaults: workers = online CPUs");
+    ok(conf.workers_auto, "defaults: workers auto");
+    is_int(conf.queue_capacity, 1024, "defaults: queue_capacity 1024");
+    is_int(conf.shm_size, 64 << 20, "defaults: shm_size 64m");
+    is_int(conf.max_payload, 4 << 20, "defaults: max_payload 4m");
+    is_int(conf.queue_wait_ms, 1000, "defaults: queue_wait_ms 1000");
+    is_str(conf.pid_file, "/srv/crunchd/crunchd.pid",
+           "defaults: pid_file under the prefix");
+    is_str(conf.error_log, "stderr", "defaults: error_log stderr");
+    is_int(conf.log_level, CR_LOG_NOTICE, "defaults: log_level notice");
+
+    cr_conf_defaults(&conf, "/");
+    is_str(conf.pid_file, "/crunchd.pid", "defaults: prefix / gives /crunchd.pid");
+
+    if (getcwd(cwd, sizeof(cwd)) == NULL)
+        strcpy(cwd, "?");
+    cr_conf_defaults(&conf, NULL);
+    is_str(conf.prefix, cwd, "defaults: no prefix = the current directory");
+    cr_conf_defaults(&conf, "run/here");
+    snprintf(want, sizeof(want), "%s/run/here", cwd);
+    is_str(conf.prefix, want, "defaults: a relative prefix is made absolute");
+
+    /* A prefix too long to hold, and one that leaves no room for pid_file. */
+    longp[0] = '/';
+    memset(longp + 1, 'p', sizeof(longp) - 2);
+    longp[sizeof(longp) - 1] = '\0';
+    ok(cr_conf_load_string(&conf, LISTEN1, "x.conf", longp, err, sizeof(err)) ==
+               CR_ERROR &&
+           strncmp(err, "x.conf: the prefix \"/ppp", 24) == 0 &&
+           strstr(err, "is too long; use a shorter path with -p") != NULL,
+       "prefix: too long is an error");
+    longp[PATH_MAX - 5] = '\0';
+    ok(cr_conf_load_string(&conf, LISTEN1, "x.conf", longp, err, sizeof(err)) ==
+               CR_ERROR &&
+           strstr(
+               err,
+               "x.conf: pid_file: the default \"crunchd.pid\" is too long once resolved "
+               "against the prefix; use a shorter prefix with -p") == err,
+       "prefix: no room for the default pid_file is an error");
+}
+
+static void test_minimal(void)
+{
+    const struct sockaddr_in *sin = (const void *)&conf.listen[0].addr;
+    char real[PATH_MAX];
+
+    load_ok(LISTEN1, "minimal: listen only");
+    ok(realpath(path, real) != NULL && strcmp(conf.file, real) == 0,
+       "minimal: file is the real path");
+    is_str(conf.prefix, dir, "minimal: prefix");
+    is_int(conf.nlisten, 1, "minimal: one listener");
+    is_int(conf.listen[0].kind, CR_LISTEN_TCP, "minimal: tcp");
+    is_str(conf.listen[0].text, "127.0.0.1:50051", "minimal: text as written");
+    is_int(conf.listen[0].line, 1, "minimal: line");
+    is_int(conf.listen[0].addrlen, sizeof(struct sockaddr_in), "minimal: addrlen");
+    is_int(sin->sin_family, AF_INET, "minimal: AF_INET");
+    is_int(ntohs(sin->sin_port), 50051, "minimal: port");
+    is_int(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK, "minimal: 127.0.0.1");
+    is_int(conf.acceptors, 1, "minimal: default acceptors");
+    is_int(conf.shm_size, 64 << 20, "minimal: default shm_size");
+    ok(conf.workers_auto, "minimal: default workers auto");
+    load_fails("# nothing\n", 0,
+               "listen: missing; add at least one address, like "
+               "listen = [ \"127.0.0.1:50051\" ];",
+               "an empty file lacks listen");
+}
+
+static void test_all_settings(void)
+{
+    char want[PATH_MAX + 32];
+
+    load_ok("# every setting\n"
+            "listen = ( \"*:8080\", \"[::1]:8081\", \"unix:crunchd.sock\" );\n"
+            "acceptors = 4;\n"
+            "workers = 12;\n"
+            "queue_capacity = 4096;\n"
+            "shm_size = \"1G\";\n"
+            "max_payload = \"512k\";\n"
+            "queue_wait_ms = 0;\n"
+            "pid_file = \"run/crunchd.pid\";\n"
+            "error_log = \"/var/log/crunchd.log\";\n"
+            "log_level = \"debug\";\n",
+            "all settings: loads");
+    is_int(conf.nlisten, 3, "all settings: three listeners (list form)");
+    is_int(conf.acceptors, 4, "all settings: acceptors");
+    is_int(conf.workers, 12, "all settings: workers");
+    ok(!conf.workers_auto, "all settings: workers not auto");
+    is_int(conf.queue_capacity, 4096, "all settings: queue_capacity");
+    is_int(conf.shm_size, 1ll << 30, "all settings: shm_size 1G");
+    is_int(conf.max_payload, 512 << 10, "all settings: max_payload 512k");
+    is_int(conf.queue_wait_ms, 0, "all settings: queue_wait_ms 0");
+    snprintf(want, sizeof(want), "%s/run/crunchd.pid", dir);
+    is_str(conf.pid_file, want, "all settings: relative pid_file under the prefix");
+    is_str(conf.error_log, "/var/log/crunchd.log",
+           "all settings: absolute error_log kept");
+    is_int(conf.log_level, CR_LOG_DEBUG, "all settings: log_level debug");
+
+    load_ok(LISTEN1 "pid_file = \"\";\nerror_log = \"logs/error.log\";\n",
+            "pid_file \"\" and relative error_log");
+    is_str(conf.pid_file, "", "pid_file \"\" = no pid file");
+    snprintf(want, sizeof(want), "%s/logs/error.log", dir);
+    is_str(conf.error_log, want, "relative error_log under the prefix");
+    load_ok(LISTEN1 "pid_file = \"/run/crunchd.pid\";\n", "absolute pid_file");
+    is_str(conf.pid_file, "/run/crunchd.pid", "absolute pid_file kept");
+}
+
+static void test_integers(void)
+{
+    const char *range = "use an integer from 1 to 64";
+    char want[256];
+
+    load_ok(LISTEN1 "acceptors = 64;\n", "acceptors: 64 (max)");
+    is_int(conf.acceptors, 64, "acceptors: 64 stored");
+    load_ok(LISTEN1 "acceptors = 1;\n", "acceptors: 1 (min)");
+    load_ok(LISTEN1 "acceptors = 2L;\n", "acceptors: int64 literal");
+    is_int(conf.acceptors, 2, "acceptors: 2L stored");
+    load_ok(LISTEN1 "acceptors = 0x10;\n", "acceptors: hex");
+    is_int(conf.acceptors, 16, "acceptors: 0x10 stored");
+
+    snprintf(want, sizeof(want), "acceptors: 0 is out of range; %s", range);
+    load_fails(LISTEN1 "acceptors = 0;\n", 2, want, "acceptors: 0 below range");
+    snprintf(want, sizeof(want), "acceptors: 65 is out of range; %s", range);
+    load_fails(LISTEN1 "acceptors = 65;\n", 2, want, "acceptors: 65 above range");
+    snprintf(want, sizeof(want), "acceptors: -1 is out of range; %s", range);
+    load_fails(LISTEN1 "acceptors = -1;\n", 2, want, "acceptors: negative");
+    snprintf(want, sizeof(want), "acceptors: expected an integer, got a string; %s",
+             range);
+    load_fails(LISTEN1 "\nacceptors = \"4\";\n", 3, want,
+               "acceptors: string is wrong type");
+    snprintf(want, sizeof(want), "acceptors: expected an integer, got a float; %s",
+             range);
+    load_fails(LISTEN1 "acceptors = 1.5;\n", 2, want, "acceptors: float is wrong type");
+    snprintf(want, sizeof(want), "acceptors: expected an integer, got a boolean; %s",
+             range);
+    load_fails(LISTEN1 "acceptors = true;\n", 2, want,
+               "acceptors: boolean is wrong type");
+    snprintf(want, sizeof(want), "acceptors: expected an integer, got a group; %s",
+             range);
+    load_fails(LISTEN1 "acceptors = { n = 1; };\n", 2, want,
+               "acceptors: group is wrong type");
+    snprintf(want, sizeof(want), "acceptors: expected an integer, got an array; %s",
+             range);
+    load_fails(LISTEN1 "acceptors = [ 1 ];\n", 2, want, "acceptors: array is wrong type");
+    snprintf(want, sizeof(want), "acceptors: expected an integer, got a list; %s", range);
+    load_fails(LISTEN1 "acceptors = ( 1 );\n", 2, want, "acceptors: list is wrong type");
+
+    load_ok(LISTEN1 "queue_capacity = 1048576;\n", "queue_capacity: max");
+    is_int(conf.queue_capacity, 1048576, "queue_capacity: max stored");
+    load_ok(LISTEN1 "queue_capacity = 1;\n", "queue_capacity: min");
+    load_fails(LISTEN1 "queue_capacity = 0;\n", 2,
+               "queue_capacity: 0 is out of range; use an integer from 1 to 1048576",
+               "queue_capacity: 0 below range");
+    load_fails(
+        LISTEN1 "queue_capacity = 1048577;\n", 2,
+        "queue_capacity: 1048577 is out of range; use an integer from 1 to 1048576",
+        "queue_capacity: above range");
+    load_fails(
+        LISTEN1 "queue_capacity = \"lots\";\n", 2,
+        "queue_capacity: expected an integer, got a string; use an integer from 1 to "
+        "1048576",
+        "queue_capacity: wrong type");
+
+    load_ok(LISTEN1 "queue_wait_ms = 600000;\n", "queue_wait_ms: max");
+    is_int(conf.queue_wait_ms, 600000, "queue_wait_ms: max stored");
+    load_fails(LISTEN1 "queue_wait_ms = -1;\n", 2,
+               "queue_wait_ms: -1 is out of range; use an integer from 0 to 600000",
+               "queue_wait_ms: below range");
+    load_fails(LISTEN1 "queue_wait_ms = 600001;\n", 2,
+               "queue_wait_ms: 600001 is out of range; use an integer from 0 to 600000",
+               "queue_wait_ms: above range");
+    load_fails(
+        LISTEN1 "queue_wait_ms = 1.0;\n", 2,
+        "queue_wait_ms: expected an integer, got a float; use an integer from 0 to "
+        "600000",
+        "queue_wait_ms: wrong type");
+}
+
+/* libconfig 1.5 truncates integers beyond 32 bits written without L; conf.c
+ * must still see the number as written. */
+static void test_big_integers(void)
+{
+    load_fails(
+        LISTEN1 "queue_capacity = 4294967297;\n", 2,
+        "queue_capacity: 4294967297 is out of range; use an integer from 1 to 1048576",
+        "big int: 2^32+1 is not taken as 1");
+    load_fails(
+        LISTEN1 "queue_capacity = 0x100000001;\n", 2,
+        "queue_capacity: 4294967297 is out of range; use an integer from 1 to 1048576",
+        "big int: hex 2^32+1 is not taken as 1");
+    load_fails(
+        LISTEN1 "queue_wait_ms = -4294967296;\n", 2,
+        "queue_wait_ms: -4294967296 is out of range; use an integer from 0 to 600000",
+        "big int: -2^32 is not taken as 0");
+    load_fails(
+        LISTEN1 "acceptors = 99999999999999999999;\n", 2,
+        "acceptors: 99999999999999999999 is out of range; use an integer from 1 to 64",
+        "big int: beyond int64 is out of range");
+    load_fails(
+        LISTEN1 "acceptors = 99999999999999999999L;\n", 2,
+        "acceptors: 99999999999999999999L is out of range; use an integer from 1 to 64",
+        "big int: beyond int64 with L is out of range");
+    load_fails(
+        LISTEN1 "workers = 4294967298;\n", 2,
+        "workers: 4294967298 is out of range; use \"auto\" or an integer from 1 to 1024",
+        "big int: workers 2^32+2 is not taken as 2");
+    load_ok(LISTEN1 "shm_size = 4294967296;\n",
+            "big int: shm_size 4g as a plain integer");
+    is_int(conf.shm_size, 4ll << 30, "big int: shm_size 4g stored");
+    load_ok(LISTEN1 "shm_size =\n\n   68719476736;\n",
+            "big int: value lines below the name");
+    is_int(conf.shm_size, 64ll << 30, "big int: shm_size 64g stored");
+    load_ok(LISTEN1 "acceptors = 2; shm_size = 8589934592;\n",
+            "big int: two settings on one line");
+    is_int(conf.acceptors, 2, "big int: the small one keeps its value");
+    is_int(conf.shm_size, 8ll << 30, "big int: the big one gets its value");
+    load_ok(LISTEN1
+            "pid_file = \"99999999999\"; # 99999999999\n/* 4294967297 */ acceptors = 3;"
+            " // 99999999999\n",
+            "big int: digits in strings and comments are ignored");
+    is_int(conf.acceptors, 3, "big int: acceptors after a comment");
+    load_fails(LISTEN1 "shm_size = 1.5e10;\n", 2,
+               "shm_size: expected a size, got a float; use "
+               "a number of bytes or a string like \"64m\", from 64k to 64g",
+               "big int: floats are not integers");
+    load_ok(LISTEN1 "# .5 -.5e3 +1\nacceptors = +3;\n", "big int: signs and stray dots");
+    is_int(conf.acceptors, 3, "big int: +3 stored");
+}
+
+static void test_workers(void)
+{
+    load_ok(LISTEN1 "workers = \"auto\";\n", "workers: auto");
+    ok(conf.workers_auto && conf.workers == online_cpus(), "workers: auto = online CPUs");
+    load_ok(LISTEN1 "workers = 1024;\n", "workers: 1024 (max)");
+    is_int(conf.workers, 1024, "workers: 1024 stored");
+    load_ok(LISTEN1 "workers = 1;\n", "workers: 1 (min)");
+    load_fails(LISTEN1 "\n\n\nworkers = 0;\n", 5,
+               "workers: 0 is out of range; use \"auto\" or an integer from 1 to 1024",
+               "workers: 0 below range, right line");
+    load_fails(LISTEN1 "workers = 1025;\n", 2,
+               "workers: 1025 is out of range; use \"auto\" or an integer from 1 to 1024",
+               "workers: above range");
+    load_fails(LISTEN1 "workers = -3;\n", 2,
+               "workers: -3 is out of range; use \"auto\" or an integer from 1 to 1024",
+               "workers: negative");
+    load_fails(
+        LISTEN1 "workers = \"many\";\n", 2,
+        "workers: \"many\" is not valid; use \"auto\" or an integer from 1 to 1024",
+        "workers: unknown string");
+    load_fails(
+        LISTEN1 "workers = 2.0;\n", 2,
+        "workers: expected \"auto\" or an integer, got a float; use \"auto\" or an "
+        "integer from 1 to 1024",
+        "workers: wrong type");
+}
+
+static void test_sizes(void)
+{
+    uint64_t v = 0;
+
+    ok(cr_conf_parse_size("0", &v) == CR_OK && v == 0, "parse_size: 0");
+    ok(cr_conf_parse_size("1", &v) == CR_OK && v == 1, "parse_size: 1");
+    ok(cr_conf_parse_size("64k", &v) == CR_OK && v == 65536, "parse_size: 64k");
+    ok(cr_conf_parse_size("64K", &v) == CR_OK && v == 65536, "parse_size: 64K");
+    ok(cr_conf_parse_size("3m", &v) == CR_OK && v == 3 << 20, "parse_size: 3m");
+    ok(cr_conf_parse_size("3M", &v) == CR_OK && v == 3 << 20, "parse_size: 3M");
+    ok(cr_conf_parse_size("2g", &v) == CR_OK && v == 2ull << 30, "parse_size: 2g");
+    ok(cr_conf_parse_size("2G", &v) == CR_OK && v == 2ull << 30, "parse_size: 2G");
+    ok(cr_conf_parse_size("18446744073709551615", &v) == CR_OK && v == UINT64_MAX,
+       "parse_size: u64 max");
+    ok(cr_conf_parse_size("18446744073709551616", &v) == CR_ERROR,
+       "parse_size: overflow");
+    ok(cr_conf_parse_size("17179869184g", &v) == CR_ERROR,
+       "parse_size: overflow by suffix");
+    ok(cr_conf_parse_size("", &v) == CR_ERROR, "parse_size: empty");
+    ok(cr_conf_parse_size("k", &v) == CR_ERROR, "parse_size: suffix only");
+    ok(cr_conf_parse_size("1kb", &v) == CR_ERROR, "parse_size: 1kb");
+    ok(cr_conf_parse_size("1t", &v) == CR_ERROR, "parse_size: unknown suffix");
+    ok(cr_conf_parse_size(" 1k", &v) == CR_ERROR, "parse_size: leading space");
+    ok(cr_conf_parse_size("1k ", &v) == CR_ERROR, "parse_size: trailing space");
+    ok(cr_conf_parse_size("-1", &v) == CR_ERROR, "parse_size: negative");
+    ok(cr_conf_parse_size("+1", &v) == CR_ERROR, "parse_size: plus sign");
+    ok(cr_conf_parse_size("1.5m", &v) == CR_ERROR, "parse_size: fraction");
+
+    load_ok(LISTEN1 "shm_size = \"64k\";\nmax_payload = \"32k\";\n",
+            "shm_size: 64k (min)");
+    is_int(conf.shm_size, 65536, "shm_size: 64k stored");
+    load_ok(LISTEN1 "shm_size = 65536;\nmax_payload = 32768;\n", "shm_size: 65536 bytes");
+    is_int(conf.max_payload, 32768, "max_payload: bytes stored");
+    load_ok(LISTEN1 "shm_size = \"64g\";\n", "shm_size: 64g (max) as a string");
+    is_int(conf.shm_size, 64ll << 30, "shm_size: 64g stored");
+    load_ok(LISTEN1 "shm_size = 68719476736L;\n", "shm_size: 64g as an int64 literal");
+    is_int(conf.shm_size, 64ll << 30, "shm_size: 64g (L) stored");
+
+    load_fails(LISTEN1 "shm_size = \"63k\";\n", 2,
+               "shm_size: 63k is out of range; " RANGE_SIZE_SHM,
+               "shm_size: 63k below range");
+    load_fails(LISTEN1 "shm_size = 65535;\n", 2,
+               "shm_size: 65535 is out of range; " RANGE_SIZE_SHM,
+               "shm_size: 65535 below range");
+    load_fails(LISTEN1 "shm_size = \"65g\";\n", 2,
+               "shm_size: 65g is out of range; " RANGE_SIZE_SHM,
+               "shm_size: 65g above range");
+    load_fails(LISTEN1 "shm_size = 68719476737;\n", 2,
+               "shm_size: 68719476737 is out of "
+               "range; " RANGE_SIZE_SHM,
+               "shm_size: 64g+1 above range");
+    load_fails(LISTEN1 "shm_size = -1;\n", 2,
+               "shm_size: -1 is out of range; " RANGE_SIZE_SHM, "shm_size: negative");
+    load_fails(LISTEN1 "shm_size = 99999999999999999999;\n", 2,
+               "shm_size: 99999999999999999999 is out of range; " RANGE_SIZE_SHM,
+               "shm_size: beyond int64");
+    load_fails(
+        LISTEN1 "shm_size = \"64x\";\n", 2,
+        "shm_size: \"64x\" is not a size; use a "
+        "number of bytes or a number with a k, m or g suffix like \"64m\", from 64k "
+        "to 64g",
+        "shm_size: bad suffix");
+    load_fails(
+        LISTEN1 "shm_size = \"\";\n", 2,
+        "shm_size: \"\" is not a size; use a "
+        "number of bytes or a number with a k, m or g suffix like \"64m\", from 64k "
+        "to 64g",
+        "shm_size: empty string");
+    load_fails(LISTEN1 "shm_size = 1.5;\n", 2,
+               "shm_size: expected a size, got a float; use "
+               "a number of bytes or a string like \"64m\", from 64k to 64g",
+               "shm_size: wrong type");
+
+    load_ok(LISTEN1 "shm_size = \"2g\";\nmax_payload = \"1g\";\n",
+            "max_payload: 1g (max)");
+    is_int(conf.max_payload, 1ll << 30, "max_payload: 1g stored");
+    load_ok(LISTEN1 "max_payload = 1;\n", "max_payload: 1 (min)");
+    load_fails(LISTEN1 "max_payload = 0;\n", 2,
+               "max_payload: 0 is out of range; use a size "
+               "from 1 to 1g",
+               "max_payload: 0 below range");
+    load_fails(LISTEN1 "shm_size = \"4g\";\nmax_payload = \"2g\";\n", 3,
+               "max_payload: 2g is out of range; use a size from 1 to 1g",
+               "max_payload: above range");
+    load_fails(
+        LISTEN1 "max_payload = \"40m\";\n", 2,
+        "max_payload: 40m is more than half of shm_size (64m); raise shm_size to at "
+        "least 80m or lower max_payload to at most 32m",
+        "max_payload: more than shm_size/2, at its line");
+    load_fails(
+        LISTEN1 "max_payload = \"33m\";\nshm_size = \"64m\";\n", 2,
+        "max_payload: 33m is more than half of shm_size (64m); raise shm_size to at "
+        "least 66m or lower max_payload to at most 32m",
+        "max_payload: checked after every setting was read");
+    load_fails(LISTEN1 "\nshm_size = \"4m\";\n", 3,
+               "max_payload: 4m is more than half of shm_size (4m); raise shm_size to at "
+               "least 8m or lower max_payload to at most 2m",
+               "max_payload: default too large for shm_size, at shm_size's line");
+    load_ok(LISTEN1 "max_payload = \"32m\";\n", "max_payload: exactly shm_size/2");
+}
+
+static void test_strings(void)
+{
+    char longpath[PATH_MAX + 16], text[PATH_MAX + 64], want[PATH_MAX + 256];
+    static const char *levels[] = {"debug", "info", "notice", "warn",
+                                   "error", "crit", "alert",  "emerg"};
+    static const int values[] = {CR_LOG_DEBUG, CR_LOG_INFO, CR_LOG_NOTICE, CR_LOG_WARN,
+                                 CR_LOG_ERR,   CR_LOG_CRIT, CR_LOG_ALERT,  CR_LOG_EMERG};
+
+    for (unsigned i = 0; i < 8; i++) {
+        char t[128], name[64];
+        snprintf(t, sizeof(t), LISTEN1 "log_level = \"%s\";\n", levels[i]);
+        snprintf(name, sizeof(name), "log_level: %s", levels[i]);
+        load_ok(t, name);
+        is_int(conf.log_level, values[i], name);
+        is_str(cr_log_level_name(values[i]), levels[i], "cr_log_level_name round-trips");
+    }
+    is_int(cr_log_level_parse("warning"), -1, "cr_log_level_parse: unknown name");
+    is_str(cr_log_level_name(99), "unknown", "cr_log_level_name: out of range");
+    load_fails(LISTEN1 "log_level = \"verbose\";\n", 2,
+               "log_level: \"verbose\" is not a log "
+               "level; use one of debug, info, notice, warn, error, crit, alert, emerg",
+               "log_level: unknown name");
+    load_fails(LISTEN1 "log_level = 3;\n", 2,
+               "log_level: expected a string, got an integer; "
+               "use one of debug, info, notice, warn, error, crit, alert, emerg",
+               "log_level: wrong type");
+
+    load_fails(LISTEN1 "pid_file = 1;\n", 2,
+               "pid_file: expected a string, got an integer; "
+               "use a file path, or \"\" for no pid file",
+               "pid_file: wrong type");
+    load_fails(LISTEN1 "error_log = false;\n", 2,
+               "error_log: expected a string, got a "
+               "boolean; use \"stderr\" or a file path",
+               "error_log: wrong type");
+    load_fails(LISTEN1 "error_log = \"\";\n", 2,
+               "error_log: the path is empty; use "
+               "\"stderr\" or a file path",
+               "error_log: empty");
+
+    memset(longpath, 'a', PATH_MAX);
+    longpath[PATH_MAX] = '\0';
+    snprintf(text, sizeof(text), LISTEN1 "pid_file = \"%s\";\n", longpath);
+    snprintf(want, sizeof(want),
+             "pid_file: the path is too long once resolved against the "
+             "prefix %s (the limit is %d bytes); use a shorter path",
+             dir, PATH_MAX - 1);
+    load_fails(text, 2, want, "pid_file: too long");
+}
+
+static void test_unknown(void)
+{
+    load_fails(LISTEN1 "wrokers = 2;\n", 2,
+               "unknown setting \"wrokers\"; did you mean "
+               "\"workers\"? (see conf/crunchd.conf for every setting)",
+               "unknown: transposition suggests workers");
+    load_fails(LISTEN1 "\nWorkers = 2;\n", 3,
+               "unknown setting \"Workers\"; did you mean "
+               "\"workers\"? (see conf/crunchd.conf for every setting)",
+               "unknown: case suggests workers");
+    load_fails(LISTEN1 "max_paylod = 2;\n", 2,
+               "unknown setting \"max_paylod\"; did you mean "
+               "\"max_payload\"? (see conf/crunchd.conf for every setting)",
+               "unknown: missing letter suggests max_payload");
+    load_fails(LISTEN1 "listens = [ \"*:1\" ];\n", 2,
+               "unknown setting \"listens\"; did you "
+               "mean \"listen\"? (see conf/crunchd.conf for every setting)",
+               "unknown: suggests listen");
+    load_fails(LISTEN1 "frobnicate = 1;\n", 2,
+               "unknown setting \"frobnicate\"; see "
+               "conf/crunchd.conf for every setting",
+               "unknown: no suggestion when far");
+    load_fails(LISTEN1 "tls = {\n  cert = \"x\";\n};\n", 2,
+               "unknown setting \"tls\"; see "
+               "conf/crunchd.conf for every setting",
+               "unknown: a group is unknown too");
+    load_fails(
+        LISTEN1 "a_very_long_setting_name_beyond_anything_we_know = 1;\n", 2,
+        "unknown setting \"a_very_long_setting_name_beyond_anything_we_know\"; see "
+        "conf/crunchd.conf for every setting",
+        "unknown: long names");
+    load_fails(LISTEN1 "workers = 0;\nfoo = 1;\n", 2,
+               "workers: 0 is out of range; use \"auto\" "
+               "or an integer from 1 to 1024",
+               "errors are reported in file order");
+}
+
+static void test_listen(void)
+{
+    const struct sockaddr_in6 *sin6 = (const void *)&conf.listen[1].addr;
+    const struct sockaddr_in *sin = (const void *)&conf.listen[0].addr;
+    const struct sockaddr_un *sun = (const void *)&conf.listen[2].addr;
+    char want[3 * PATH_MAX], text[2 * PATH_MAX], sock[PATH_MAX + 32];
+    struct in6_addr lo6 = IN6ADDR_LOOPBACK_INIT;
+
+    load_ok("listen = [\n  \"*:80\",\n  \"[::1]:443\",\n  \"unix:sub/crunchd.sock\",\n"
+            "  \"localhost:8080\",\n  \"[::]:80\",\n  \"unix:/tmp/abs.sock\",\n"
+            "  \"10.1.2.3:65535\"\n];\n",
+            "listen: every form (array)");
+    is_int(conf.nlisten, 7, "listen: seven");
+    is_int(sin->sin_family, AF_INET, "listen: * is AF_INET");
+    is_int(sin->sin_addr.s_addr, htonl(INADDR_ANY), "listen: * is 0.0.0.0");
+    is_int(ntohs(sin->sin_port), 80, "listen: *:80 port");
+    is_int(conf.listen[0].line, 2, "listen: element line");
+    is_int(conf.listen[1].line, 3, "listen: second element line");
+    is_int(sin6->sin6_family, AF_INET6, "listen: [::1] is AF_INET6");
+    ok(memcmp(&sin6->sin6_addr, &lo6, sizeof(lo6)) == 0, "listen: [::1] address");
+    is_int(ntohs(sin6->sin6_port), 443, "listen: [::1]:443 port");
+    is_int(conf.listen[1].addrlen, sizeof(struct sockaddr_in6), "listen: v6 addrlen");
+    is_int(conf.listen[2].kind, CR_LISTEN_UNIX, "listen: unix kind");
+    snprintf(sock, sizeof(sock), "%s/sub/crunchd.sock", dir);
+    is_str(conf.listen[2].path, sock, "listen: relative unix path under the prefix");
+    is_str(sun->sun_path, sock, "listen: sun_path");
+    is_int(sun->sun_family, AF_UNIX, "listen: AF_UNIX");
+    is_int(conf.listen[2].addrlen,
+           offsetof(struct sockaddr_un, sun_path) + strlen(sock) + 1,
+           "listen: unix addrlen");
+    is_str(conf.listen[2].text, "unix:sub/crunchd.sock", "listen: unix text as written");
+    sin = (const void *)&conf.listen[3].addr;
+    is_int(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK,
+           "listen: localhost is 127.0.0.1");
+    is_str(conf.listen[5].path, "/tmp/abs.sock", "listen: absolute unix path kept");
+    sin = (const void *)&conf.listen[6].addr;
+    is_int(ntohs(sin->sin_port), 65535, "listen: port 65535");
+    is_int(ntohl(sin->sin_addr.s_addr), 0x0a010203, "listen: 10.1.2.3");
+    load_ok("listen = ( \"127.0.0.1:1\" );\n", "listen: list form, port 1");
+
+    load_fails("acceptors = 1;\n", 0,
+               "listen: missing; add at least one address, like "
+               "listen = [ \"127.0.0.1:50051\" ];",
+               "listen: missing");
+    load_fails("listen = [];\n", 1,
+               "listen: the list is empty; give at least one address, "
+               "like listen = [ \"127.0.0.1:50051\" ];",
+               "listen: empty array");
+    load_fails("listen = ();\n", 1,
+               "listen: the list is empty; give at least one address, "
+               "like listen = [ \"127.0.0.1:50051\" ];",
+               "listen: empty list");
+    load_fails("listen = \"127.0.0.1:50051\";\n", 1,
+               "listen: expected a list of addresses, "
+               "got a string; write listen = [ \"127.0.0.1:50051\" ];",
+               "listen: a bare string");
+    load_fails("listen = ( \"*:1\",\n 2 );\n", 2,
+               "listen: expected a string like "
+               "\"127.0.0.1:50051\", got an integer",
+               "listen: an element of wrong type");
+
+    strcpy(text, "listen = [ ");
+    for (int i = 1; i <= 17; i++)
+        snprintf(text + strlen(text), sizeof(text) - strlen(text), "%s\"*:%d\"",
+                 i > 1 ? ", " : "", i);
+    strcat(text, " ];\n");
+    load_fails(text, 1, "listen: 17 addresses; at most 16 are allowed",
+               "listen: 17 entries");
+    strcpy(strstr(text, ", \"*:17\""), " ];\n");
+    load_ok(text, "listen: 16 entries");
+    is_int(conf.nlisten, 16, "listen: 16 stored");
+
+#define BAD(str, msg, name)                                                              \
+    load_fails("listen = [\n \"*:1\",\n \"" str "\" ];\n", 3,                            \
+               "listen: \"" str "\": " msg, name)
+    BAD("127.0.0.1", "the port is missing; write \"host:port\", like \"127.0.0.1:50051\"",
+        "listen: no port");
+    BAD("127.0.0.1:",
+        "the port is missing; use \"host:port\" with a numeric IPv4 address, "
+        "\"*\" or \"localhost\", \"[v6]:port\" or \"unix:/path\"",
+        "listen: empty port");
+    BAD("127.0.0.1:0", "the port 0 is out of range; use a port from 1 to 65535",
+        "listen: port 0");
+    BAD("127.0.0.1:65536", "the port 65536 is out of range; use a port from 1 to 65535",
+        "listen: port 65536");
+    BAD("127.0.0.1:99999999999999999999",
+        "the port 99999999999999999999 is out of range; "
+        "use a port from 1 to 65535",
+        "listen: huge port");
+    BAD("127.0.0.1:http", "the port \"http\" is not a number; use a port from 1 to 65535",
+        "listen: named port");
+    BAD("127.0.0.1:-1", "the port \"-1\" is not a number; use a port from 1 to 65535",
+        "listen: negative port");
+    BAD("example.com:80",
+        "\"example.com\" is not a numeric IPv4 address; use digits like "
+        "\"127.0.0.1\", \"*\" or \"localhost\" (crunchd does no DNS lookups)",
+        "listen: DNS name");
+    BAD("1.2.3:80",
+        "\"1.2.3\" is not a numeric IPv4 address; use digits like \"127.0.0.1\", "
+        "\"*\" or \"localhost\" (crunchd does no DNS lookups)",
+        "listen: short IPv4");
+    BAD("256.1.1.1:80",
+        "\"256.1.1.1\" is not a numeric IPv4 address; use digits like "
+        "\"127.0.0.1\", \"*\" or \"localhost\" (crunchd does no DNS lookups)",
+        "listen: bad IPv4 octet");
+    BAD(":80",
+        "the host is missing; use \"*:80\" for every address or \"127.0.0.1:80\" for "
+        "this host only",
+        "listen: no host");
+    BAD("::1:80", "an IPv6 address needs brackets, like \"[::1]:50051\"",
+        "listen: IPv6 without brackets");
+    BAD("[::1", "the ']' after the IPv6 address is missing; write \"[::1]:50051\"",
+        "listen: no closing bracket");
+    BAD("[::1]", "the port is missing; write \"[::1]:50051\"", "listen: v6 without port");
+    BAD("[::1]80", "the port is missing; write \"[::1]:50051\"",
+        "listen: v6 without colon");
+    BAD("[::1]:0", "the port 0 is out of range; use a port from 1 to 65535",
+        "listen: v6 port 0");
+    BAD("[fe80::zz]:80",
+        "\"fe80::zz\" is not a numeric IPv6 address; use one like "
+        "\"[::1]:50051\" or \"[::]:50051\" (no DNS lookups)",
+        "listen: bad IPv6");
+    BAD("[localhost]:80",
+        "\"localhost\" is not a numeric IPv6 address; use one like "
+        "\"[::1]:50051\" or \"[::]:50051\" (no DNS lookups)",
+        "listen: name in brackets");
+    BAD("unix:", "the path is missing; write \"unix:/path/to/crunchd.sock\"",
+        "listen: unix without path");
+#undef BAD
+
+    memset(sock, 's', 120);
+    sock[120] = '\0';
+    snprintf(text, sizeof(text), "listen = [ \"unix:/%s\" ];\n", sock);
+    snprintf(want, sizeof(want),
+             "listen: \"unix:/%s\": the socket path /%s is too long (at "
+             "most 107 bytes); use a shorter path or a shorter prefix (-p)",
+             sock, sock);
+    load_fails(text, 1, want, "listen: unix path longer than sun_path");
+    sock[106] = '\0';
+    snprintf(text, sizeof(text), "listen = [ \"unix:/%s\" ];\n", sock);
+    load_ok(text, "listen: unix path of 107 bytes");
+    memset(sock, 'x', 600);
+    sock[600] = '\0';
+    snprintf(text, sizeof(text), "listen = [ \"%s:1\" ];\n", sock);
+    load_fails(text, 1,
+               "listen: the address \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...\" is too "
+               "long (at most 511 bytes)",
+               "listen: text longer than 511 bytes");
+
+    load_fails(
+        "listen = [\n  \"*:80\",\n  \"127.0.0.1:81\",\n  \"0.0.0.0:80\"\n];\n", 4,
+        "listen: \"0.0.0.0:80\" is the same address as \"*:80\" on line 2; remove one "
+        "of them",
+        "listen: duplicate names both lines");
+    load_fails(
+        "listen = [ \"localhost:9\", \"127.0.0.1:9\" ];\n", 1,
+        "listen: \"127.0.0.1:9\" is the same address as \"localhost:9\" on line 1; "
+        "remove one of them",
+        "listen: localhost duplicate");
+    load_fails(
+        "listen = [ \"[::]:9\",\n \"[0::0]:9\" ];\n", 2,
+        "listen: \"[0::0]:9\" is the same address as \"[::]:9\" on line 1; remove one "
+        "of them",
+        "listen: IPv6 duplicate");
+    snprintf(text, sizeof(text), "listen = [ \"unix:a.sock\",\n\"unix:%s/a.sock\" ];\n",
+             dir);
+    snprintf(want, sizeof(want),
+             "listen: \"unix:%s/a.sock\" is the same address as "
+             "\"unix:a.sock\" on line 1; remove one of them",
+             dir);
+    load_fails(text, 2, want, "listen: unix duplicate after resolving");
+    load_fails("listen = [\n  \"*:1\",\n  \"*:x\"\n\n];\n", 3,
+               "listen: \"*:x\": the port \"x\" "
+               "is not a number; use a port from 1 to 65535",
+               "listen: the last element's own line, not the ']' line");
+    load_fails(
+        "listen = [ \"*:1\",\n  \"*:\"\n  \"x\",\n  \"*:3\" ];\n", 2,
+        "listen: \"*:x\": the port \"x\" is not a number; use a port from 1 to 65535",
+        "listen: adjacent strings join; the line is where the first starts");
+    load_fails("listen = (\n  \"*:1\",\n  true\n);\n", 3,
+               "listen: expected a string like "
+               "\"127.0.0.1:50051\", got a boolean",
+               "listen: a boolean element's line");
+    load_fails("listen = (\n  \"*:1\",\n  [ \"*:2\" ]\n);\n", 3,
+               "listen: expected a string "
+               "like \"127.0.0.1:50051\", got an array",
+               "listen: a nested array's line");
+    load_ok("listen = [ \"*:9\", \"*:10\", \"[::]:9\", \"127.0.0.1:10\", \"unix:9\" ];\n",
+            "listen: same port, different addresses or families");
+}
+
+static void test_syntax_and_files(void)
+{
+    char want[PATH_MAX + 256], sub[PATH_MAX + 32], cwd[PATH_MAX];
+
+    load_fails(LISTEN1 "workers = ;\n", 2,
+               "syntax error: syntax error; check the quotes, '=' "
+               "and brackets on this line and the one before",
+               "syntax error with its line");
+    load_fails(LISTEN1 "pid_file = \"x\n\n", 2,
+               "syntax error: this string is never closed; "
+               "add the closing '\"'",
+               "unterminated string: the line it starts on");
+    load_fails(LISTEN1 "/* off\n  workers = 2;\n", 2,
+               "syntax error: this comment is never "
+               "closed; add the closing */",
+               "unterminated comment: not silently ignored");
+    load_fails(LISTEN1 "workers = /* off\n", 2,
+               "syntax error: this comment is never "
+               "closed; add the closing */",
+               "unterminated comment inside a setting");
+    load_ok(LISTEN1 "/* a\n * b */ acceptors = 2; # \"quote\n// /* not open\n",
+            "closed comments of every kind");
+    is_int(conf.acceptors, 2, "setting after a comment on the same line");
+    load_fails(LISTEN1 "workers = 1;\nworkers = 2;\n", 3,
+               "syntax error: duplicate setting "
+               "name; a setting appears twice: keep one of them",
+               "duplicate setting");
+    load_fails(
+        LISTEN1 "@include \"missing.conf\"\n", 2,
+        "syntax error: cannot open include "
+        "file; check the @include path (relative paths start in the directory of the "
+        "main file)",
+        "missing include");
+
+    /* Includes resolve against the directory of the main file; messages name
+     * the included file and its own line. */
+    snprintf(sub, sizeof(sub), "%s/extra.conf", dir);
+    write_file(sub, "# extra\nworkers = 3;\nshm_size = 4294967296;\n");
+    load_ok(LISTEN1 "@include \"extra.conf\"\nacceptors = 2;\n", "include: loads");
+    is_int(conf.workers, 3, "include: setting from the included file");
+    is_int(conf.shm_size, 4ll << 30, "include: big integer in the included file");
+    is_int(conf.acceptors, 2, "include: setting after the include");
+    write_file(sub, "# extra\n\nacceptors = 100;\n");
+    snprintf(want, sizeof(want),
+             "%s:3: acceptors: 100 is out of range; use an integer from 1 "
+             "to 64",
+             sub);
+    ok(load(LISTEN1 "@include \"extra.conf\"\n") == CR_ERROR, "include: bad value fails");
+    is_str(err, want, "include: message names the included file and line");
+    write_file(sub, "a = 1;\nb = ;\n");
+    snprintf(want, sizeof(want),
+             "%s:2: syntax error: syntax error; check the quotes, '=' and "
+             "brackets on this line and the one before",
+             sub);
+    ok(load(LISTEN1 "@include \"extra.conf\"\n") == CR_ERROR,
+       "include: syntax error fails");
+    is_str(err, want, "include: syntax error names the included file and line");
+    unlink(sub);
+
+    snprintf(want, sizeof(want),
+             "%s/nope.conf: cannot open: No such file or directory; check "
+             "the path given with -c",
+             dir);
+    snprintf(sub, sizeof(sub), "%s/nope.conf", dir);
+    ok(cr_conf_load(&conf, sub, dir, err, sizeof(err)) == CR_ERROR, "missing file fails");
+    is_str(err, want, "missing file: message");
+    if (getcwd(cwd, sizeof(cwd)) == NULL)
+        strcpy(cwd, "?");
+    snprintf(want, sizeof(want),
+             "%s/no/such.conf: cannot open: No such file or directory; "
+             "check the path given with -c",
+             cwd);
+    ok(cr_conf_load(&conf, "no/such.conf", dir, err, sizeof(err)) == CR_ERROR,
+       "missing relative file fails");
+    is_str(err, want, "missing relative file: shown as an absolute path");
+    snprintf(want, sizeof(want),
+             "%s: cannot open: Is a directory; check the path given with "
+             "-c",
+             dir);
+    ok(cr_conf_load(&conf, dir, dir, err, sizeof(err)) == CR_ERROR, "a directory fails");
+    is_str(err, want, "a directory: message");
+    ok(cr_conf_load(&conf, "/dev/null", dir, err, sizeof(err)) == CR_ERROR,
+       "a device fails");
+    is_str(err,
+           "/dev/null: cannot open: not a regular file; check the path given with -c",
+           "a device: message");
+
+    /* An unreadable file. As root nothing is unreadable, so the check runs in a
+     * child that has dropped to an unprivileged uid first. */
+    {
+        int fds[2];
+        write_file(path, LISTEN1);
+        chmod(path, 0);
+        snprintf(want, sizeof(want),
+                 "%s: cannot open: Permission denied; check the path given "
+                 "with -c",
+                 path);
+        ok(pipe(fds) == 0, "pipe for the unprivileged check");
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fds[0]);
+            if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+                _exit(3);
+            int rc = cr_conf_load(&conf, path, dir, err, sizeof(err));
+            if (write(fds[1], err, strlen(err)) < 0)
+                _exit(4);
+            _exit(rc == CR_ERROR ? 0 : 1);
+        }
+        close(fds[1]);
+        char got[1024] = "";
+        ssize_t n = read(fds[0], got, sizeof(got) - 1);
+        got[n > 0 ? n : 0] = '\0';
+        close(fds[0]);
+        int st = -1;
+        waitpid(pid, &st, 0);
+        ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "unreadable file fails");
+        is_str(got, want, "unreadable file: message");
+        chmod(path, 0644);
+    }
+
+    {
+        int fd = open(path, O_WRONLY | O_TRUNC);
+        ok(fd != -1 && ftruncate(fd, (16 << 20) + 1) == 0, "a 16 MiB + 1 file");
+        if (fd != -1)
+            close(fd);
+        snprintf(want, sizeof(want),
+                 "%s: the file is %d bytes, more than a config file can be "
+                 "(%d); check the path given with -c",
+                 path, (16 << 20) + 1, 16 << 20);
+        ok(cr_conf_load(&conf, path, dir, err, sizeof(err)) == CR_ERROR,
+           "a huge file fails");
+        is_str(err, want, "a huge file: message");
+    }
+
+    /* load_string: the name is FILE, includes resolve against the prefix. */
+    ok(cr_conf_load_string(&conf, LISTEN1 "\nacceptors = 0;\n", "inline", dir, err,
+                           sizeof(err)) == CR_ERROR,
+       "load_string: error");
+    is_str(err, "inline:3: acceptors: 0 is out of range; use an integer from 1 to 64",
+           "load_string: name and line in the message");
+    snprintf(sub, sizeof(sub), "%s/inc.conf", dir);
+    write_file(sub, "workers = 7;\n");
+    ok(cr_conf_load_string(&conf, LISTEN1 "@include \"inc.conf\"\n", "inline", dir, err,
+                           sizeof(err)) == CR_OK &&
+           conf.workers == 7,
+       "load_string: include under the prefix");
+    unlink(sub);
+    is_str(conf.file, "inline", "load_string: file is the name");
+
+    /* A short error buffer is cut, never overrun. */
+    {
+        char small[16];
+        memset(small, 'X', sizeof(small));
+        ok(cr_conf_load_string(&conf, "acceptors = 0;", "inline", dir, small, 8) ==
+                   CR_ERROR &&
+               strcmp(small, "inline:") == 0 && small[8] == 'X',
+           "short error buffer is cut");
+        ok(cr_conf_load_string(&conf, "acceptors = 0;", "inline", dir, NULL, 0) ==
+               CR_ERROR,
+           "no error buffer at all");
+    }
+}
+
+static void conf_same(const cr_conf_t *a, const cr_conf_t *b, const char *what)
+{
+    bool same_listen = a->nlisten == b->nlisten;
+
+    for (unsigned i = 0; same_listen && i < a->nlisten; i++) {
+        const cr_listen_conf_t *x = &a->listen[i], *y = &b->listen[i];
+        same_listen = x->kind == y->kind && strcmp(x->text, y->text) == 0 &&
+                      x->addrlen == y->addrlen &&
+                      memcmp(&x->addr, &y->addr, x->addrlen) == 0 &&
+                      strcmp(x->path, y->path) == 0;
+    }
+    ok(same_listen, "%s: listen", what);
+    ok(a->acceptors == b->acceptors && a->workers == b->workers &&
+           a->queue_capacity == b->queue_capacity && a->shm_size == b->shm_size &&
+           a->max_payload == b->max_payload && a->queue_wait_ms == b->queue_wait_ms &&
+           a->log_level == b->log_level,
+       "%s: numbers", what);
+    ok(strcmp(a->prefix, b->prefix) == 0 && strcmp(a->pid_file, b->pid_file) == 0 &&
+           strcmp(a->error_log, b->error_log) == 0,
+       "%s: paths", what);
+}
+
+static void round_trip(const char *text, const char *what)
+{
+    cr_conf_t *again = malloc(sizeof(*again));
+    char *dump = NULL, name[128];
+    size_t len = 0;
+    FILE *out;
+
+    snprintf(name, sizeof(name), "%s: loads", what);
+    load_ok(text, name);
+    out = open_memstream(&dump, &len);
+    cr_conf_dump(&conf, out);
+    fclose(out);
+    snprintf(name, sizeof(name), "%s: the dump loads", what);
+    if (!ok(cr_conf_load_string(again, dump, "dump", dir, err, sizeof(err)) == CR_OK,
+            "%s", name))
+        tap_diag("%s\n%s", err, dump);
+    else
+        conf_same(&conf, again, what);
+    if (conf.workers_auto)
+        ok(strstr(dump, "\nworkers = ") != NULL &&
+               strstr(dump, ";  # \"auto\" = online CPUs\n"),
+           "%s: auto workers shown as a number with a comment", what);
+    free(dump);
+    free(again);
+}
+
+static void test_dump(void)
+{
+    char *dump = NULL;
+    size_t len = 0;
+    FILE *out;
+
+    round_trip(LISTEN1, "dump of defaults");
+    round_trip(
+        "listen = ( \"*:8080\", \"[::1]:8081\", \"unix:crunchd.sock\", "
+        "\"unix:/tmp/x \\\"q\\\".sock\" );\n"
+        "acceptors = 4;\nworkers = 12;\nqueue_capacity = 4096;\nshm_size = \"64g\";\n"
+        "max_payload = 1000;\nqueue_wait_ms = 0;\npid_file = \"\";\n"
+        "error_log = \"logs/e\\\\rror.log\";\nlog_level = \"emerg\";\n",
+        "dump of every setting");
+
+    load_ok("listen = [ \"unix:s.sock\" ];\nshm_size = \"1g\";\nmax_payload = 1000;\n",
+            "dump text: loads");
+    out = open_memstream(&dump, &len);
+    cr_conf_dump(&conf, out);
+    fclose(out);
+    ok(strstr(dump, "shm_size = 1073741824;  # 1g\n") != NULL,
+       "dump text: size in bytes");
+    ok(strstr(dump, "max_payload = 1000;\n") != NULL, "dump text: odd size, no comment");
+    ok(strstr(dump, "\"unix:s.sock\"  # ") != NULL,
+       "dump text: resolved unix path shown");
+    ok(strstr(dump, "log_level = \"notice\";\n") != NULL, "dump text: default level");
+    ok(strstr(dump, "queue_wait_ms = 1000;\n") != NULL,
+       "dump text: default queue_wait_ms");
+    free(dump);
+}
+
+static void test_shipped(void)
+{
+    const char *srcdir = getenv("CRUNCHD_SRCDIR");
+    char shipped[PATH_MAX];
+    int rc;
+
+    snprintf(shipped, sizeof(shipped), "%s/conf/crunchd.conf", srcdir ? srcdir : ".");
+    rc = cr_conf_load(&conf, shipped, dir, err, sizeof(err));
+    if (!ok(rc == CR_OK, "shipped conf/crunchd.conf loads"))
+        tap_diag("%s", err);
+    is_int(conf.nlisten, 1, "shipped: one listener");
+    is_str(conf.listen[0].text, "127.0.0.1:50051", "shipped: 127.0.0.1:50051");
+    ok(conf.workers_auto, "shipped: workers auto");
+    is_int(conf.acceptors, 1, "shipped: acceptors 1");
+    is_str(conf.error_log, "stderr", "shipped: error_log stderr");
+    is_int(conf.log_level, CR_LOG_NOTICE, "shipped: log_level notice");
+    ok(strlen(conf.pid_file) > strlen(dir) &&
+           strncmp(conf.pid_file, dir, strlen(dir)) == 0 &&
+           strcmp(conf.pid_file + strlen(dir), "/crunchd.pid") == 0,
+       "shipped: pid_file in prefix");
+    is_int(conf.shm_size, 64 << 20, "shipped: shm_size 64m");
+    is_int(conf.max_payload, 4 << 20, "shipped: max_payload 4m");
+}
+
+int main(void)
+{
+    char tmpl[] = "/tmp/crunchd-test-conf.XXXXXX";
+
+    if (mkdtemp(tmpl) == NULL || realpath(tmpl, dir) == NULL) {
+        perror("mkdtemp");
+        return 2;
+    }
+    snprintf(path, sizeof(path), "%s/crunchd.conf", dir);
+
+    test_defaults();
+    test_minimal();
+    test_all_settings();
+    test_integers();
+    test_big_integers();
+    test_workers();
+    test_sizes();
+    test_strings();
+    test_unknown();
+    test_listen();
+    test_syntax_and_files();
+    test_dump();
+    test_shipped();
+
+    unlink(path);
+    rmdir(dir);
+    return tap_done();
+}
