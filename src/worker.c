@@ -1,0 +1,106 @@
+/* worker.c: the CPU worker process: takes one task at a time from the shared
+ * queue, runs its handler, writes the result back. Never touches gRPC. */
+#include "cr_core.h"
+#include "handlers.h"
+#include "log.h"
+#include "worker.h"
+
+#include <signal.h>
+
+static volatile sig_atomic_t cr_worker_quit, cr_worker_reopen;
+
+/* TERM means exit now: a C handler cannot be interrupted cooperatively, and the
+ * master fails the task in hand when it reaps us (cr_region_reap). */
+static void cr_worker_on_term(int sig)
+{
+    (void)sig;
+    _exit(0);
+}
+
+static void cr_worker_on_signal(int sig)
+{
+    if (sig == SIGQUIT)
+        cr_worker_quit = 1;
+    else if (sig == SIGUSR1)
+        cr_worker_reopen = 1;
+}
+
+static void cr_worker_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = cr_worker_on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    /* No SA_RESTART: a signal must end the futex wait so the loop sees the flag. */
+    sa.sa_handler = cr_worker_on_signal;
+    sigaction(SIGQUIT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGPIPE, &sa, NULL);
+    sigaction(SIGTTIN, &sa, NULL);
+    sigaction(SIGTTOU, &sa, NULL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigprocmask(SIG_SETMASK, &set, NULL);
+}
+
+/* Run task d: check its deadline and handler, run it, hand back the result. */
+static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
+{
+    cr_region_t *r = ctx->region;
+    cr_task_sh_t *t = cr_task(r, d);
+    const char *hname = t->handler < cr_nhandlers ? cr_handlers[t->handler].name : "?";
+
+    if (t->deadline_ns && t->start_ns >= t->deadline_ns) {
+        __atomic_or_fetch(&t->flags, CR_TASK_EXPIRED, __ATOMIC_RELEASE);
+        cr_log_debug("task %" PRIu64 " (handler %s) expired after %" PRIu64
+                     " ms in the queue; not run", t->id, hname,
+                     (t->start_ns - t->enqueue_ns) / 1000000u);
+        cr_task_finish(r, ctx->slot, d, CR_STATUS_DEADLINE_EXCEEDED, NULL, 0);
+        return;
+    }
+    cr_buf_reset(out);
+    int code;
+    if (t->handler >= cr_nhandlers) {
+        /* The acceptor resolved the name against the same table; this only
+         * happens if tables ever differ between processes. */
+        cr_buf_printf(out, "handler #%u is not known to worker %u", t->handler, ctx->slot);
+        code = CR_STATUS_NOT_FOUND;
+    } else {
+        code = cr_handlers[t->handler].run(cr_task_payload(r, d), t->payload_len, out);
+    }
+    cr_task_finish(r, ctx->slot, d, code, out->data, out->len);
+
+    /* A huge output leaves a huge buffer: give it back so an idle worker stays small. */
+    if (out->cap > (1u << 20))
+        cr_buf_free(out);
+}
+
+void cr_worker_main(const cr_worker_ctx_t *ctx)
+{
+    cr_region_t *r = ctx->region;
+    cr_buf_t out = {.max = ctx->conf->max_payload};
+
+    cr_role = CR_ROLE_WORKER;
+    cr_worker_attach(r, ctx->slot);
+    cr_worker_signals();
+    cr_log(CR_LOG_INFO, 0, "worker %u of generation %u started", ctx->slot, ctx->generation);
+
+    while (!cr_worker_quit) {
+        if (cr_worker_reopen) {
+            cr_worker_reopen = 0;
+            cr_log_reopen();
+        }
+        uint32_t d;
+        if (cr_task_take(r, ctx->slot, &d, 1000) != CR_OK)
+            continue;
+        cr_worker_run(ctx, &out, d);
+    }
+    cr_log(CR_LOG_INFO, 0, "worker %u of generation %u exiting (SIGQUIT)", ctx->slot,
+           ctx->generation);
+    cr_buf_free(&out);
+    exit(0);
+}
