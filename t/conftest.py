@@ -1,0 +1,749 @@
+# conftest.py: the shared fixture of crunchd's integration tests.
+#
+# Every test gets its own daemon(s) through the `crunchd` factory fixture: a
+# generated config, a free loopback port, its own prefix directory, and a
+# teardown that always stops (or kills) every process it started and then
+# fails the test if the error log holds [alert]/[crit]/[emerg] or sanitizer
+# lines the test did not declare. Waits poll conditions with generous
+# timeouts, never fixed sleeps: the machine running `make check` may be busy.
+#
+# Environment (set by `make check`; defaults work from a built tree):
+#   CRUNCHD_BIN     the daemon (default <repo>/src/crunchd)
+#   CRUNCHD_SRCDIR  the source tree (default <repo>)
+#   CRUNCHD_PYGEN   dir holding crunch/v1/crunch_pb2{,_grpc}.py (default
+#                   <repo>/t/gen; generated into a temp dir when missing)
+#   CRUNCHD_TEST_TIMEOUT_SCALE  multiply every timeout (sanitizer/valgrind runs)
+
+import atexit
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+T_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(T_DIR)
+SRCDIR = os.environ.get("CRUNCHD_SRCDIR") or REPO
+BIN = os.environ.get("CRUNCHD_BIN") or os.path.join(REPO, "src", "crunchd")
+SCALE = float(os.environ.get("CRUNCHD_TEST_TIMEOUT_SCALE") or "1")
+
+# Generous defaults: a 2-core machine doing other work must not fail a test.
+WAIT = 30.0 * SCALE        # any condition we wait for
+RPC_TIMEOUT = 20.0 * SCALE  # deadline of an ordinary call
+TEST_TIME_LIMIT = 170.0 * SCALE  # a hung test fails instead of hanging make check
+
+# No core files from children we kill with SIGSEGV (inherited by the daemon).
+try:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+except (ValueError, OSError):
+    pass
+
+
+# --------------------------------------------------------------------------
+# Generated protobuf / gRPC stubs
+
+def _load_stubs():
+    gen = os.environ.get("CRUNCHD_PYGEN") or os.path.join(T_DIR, "gen")
+    if not os.path.exists(os.path.join(gen, "crunch", "v1", "crunch_pb2_grpc.py")):
+        gen = tempfile.mkdtemp(prefix="crunchd-pygen-")
+        atexit.register(shutil.rmtree, gen, True)
+        proto_dir = os.path.join(SRCDIR, "proto")
+        cmd = ["protoc", "-I" + proto_dir, "--python_out=" + gen,
+               "--grpc_python_out=" + gen,
+               "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin",
+               "crunch/v1/crunch.proto"]
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise RuntimeError("cannot generate Python stubs: %s\n%s"
+                               % (" ".join(cmd), r.stdout.decode(errors="replace")))
+        for d in ("crunch", os.path.join("crunch", "v1")):
+            open(os.path.join(gen, d, "__init__.py"), "a").close()
+    if gen not in sys.path:
+        sys.path.insert(0, gen)
+    from crunch.v1 import crunch_pb2, crunch_pb2_grpc
+    return crunch_pb2, crunch_pb2_grpc
+
+
+pb, pb_grpc = _load_stubs()
+import grpc  # noqa: E402  (after the stubs so an import error names grpc plainly)
+
+# The seed's values (issue 2).
+PRIME_SEEDS = {
+    112272535095293: True,
+    112582705942171: True,
+    115280095190773: True,
+    115797848077099: True,
+    1099726899285419: False,
+}
+GCD_SEEDS = [(1963309, 2265973), (2030677, 3814172), (1551645, 2229620),
+             (2039045, 2020802)]
+HANDLERS = ("echo", "prime", "gcd", "sleep")
+
+
+def is_prime(n):
+    """Deterministic Miller-Rabin for n < 3.3e24 (enough for u64)."""
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    for p in small:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        s += 1
+    for a in small:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# Waiting
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_for(pred, timeout=WAIT, interval=0.03, what="condition"):
+    """Poll pred() until it returns a true value, which is returned. On timeout
+    raise WaitTimeout naming `what`. pred may raise to abort the wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise WaitTimeout("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+class TestTimeout(Exception):
+    __test__ = False  # not a test class for pytest
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """Fail (not hang) a test that runs past TEST_TIME_LIMIT."""
+    def on_alarm(signum, frame):
+        raise TestTimeout("test ran longer than %.0fs" % TEST_TIME_LIMIT)
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, TEST_TIME_LIMIT)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def disarm_watchdog():
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+# --------------------------------------------------------------------------
+# /proc helpers
+
+def proc_cmdline(pid):
+    """Process title as ps shows it (NULs as spaces), or None if gone."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def proc_stat(pid):
+    """Dict with state, ppid, pgrp, sid, utime, stime; None if gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = data[data.rindex(")") + 2:].split()
+    return {"state": rest[0], "ppid": int(rest[1]), "pgrp": int(rest[2]),
+            "sid": int(rest[3]), "utime": int(rest[11]), "stime": int(rest[12])}
+
+
+def alive(pid):
+    """True if pid exists and is not a zombie (a zombie runs nothing)."""
+    st = proc_stat(pid)
+    return st is not None and st["state"] not in ("Z", "X")
+
+
+def all_pids():
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            yield int(name)
+
+
+def children_of(ppid):
+    return [p for p in all_pids() if (proc_stat(p) or {}).get("ppid") == ppid]
+
+
+def session_members(sid):
+    """Live crunchd processes of session sid (our daemons run in their own
+    session; the title check keeps a recycled pid of someone else safe)."""
+    return [p for p in all_pids()
+            if (proc_stat(p) or {}).get("sid") == sid and alive(p)
+            and "crunchd" in (proc_cmdline(p) or "")]
+
+
+def thread_count(pid):
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+def wait_signature(pid):
+    """What a process is blocked in: (wchan, syscall number). Used to tell an
+    idle worker (waiting on the queue) from one running a `sleep` task."""
+    out = []
+    for name in ("wchan", "syscall"):
+        try:
+            with open("/proc/%d/%s" % (pid, name)) as f:
+                out.append(f.read().split(" ")[0].strip())
+        except OSError:
+            out.append("")
+    return tuple(out)
+
+
+def stable_signature(pid, timeout=WAIT):
+    """Wait until two reads 50 ms apart agree and the process is blocked."""
+    last = [None]
+
+    def pred():
+        sig = wait_signature(pid)
+        ok = sig == last[0] and sig[1] not in ("", "running")
+        last[0] = sig
+        return sig if ok else None
+    return wait_for(pred, timeout, 0.05, "pid %d to settle in a blocking call" % pid)
+
+
+def wait_busy(pid, idle_sig, timeout=WAIT):
+    """Wait until pid is blocked in something else than idle_sig (e.g. the
+    sleep handler's nanosleep instead of the queue wait). Returns True, or
+    False if that could not be seen within timeout."""
+    last = [None]
+
+    def pred():
+        sig = wait_signature(pid)
+        ok = sig == last[0] and sig != idle_sig and sig[1] not in ("", "running")
+        last[0] = sig
+        return ok
+    try:
+        wait_for(pred, timeout, 0.02, "pid %d to leave its idle wait" % pid)
+        return True
+    except WaitTimeout:
+        return False
+
+
+def start_blocker(d, stub, ex, worker_pid, ms, id_):
+    """Submit a sleep task that occupies the only worker and wait until that
+    worker is seen inside it (not just queued), so what follows queues behind."""
+    idle = stable_signature(worker_pid)
+    fut = ex.submit(call_status, d.run, "sleep", str(ms), id=id_, stub=stub, timeout=60 * SCALE)
+    if not wait_busy(worker_pid, idle, timeout=3 * SCALE):
+        # Could not observe it (unusual kernel): the task was sent 3 s ago to an
+        # idle worker, so it is running by now on any sane machine.
+        pass
+    assert not fut.done(), "sleep %d ended before the test could use it: %r" % (ms, fut.result())
+    return fut
+
+
+# --------------------------------------------------------------------------
+# Ports
+
+def free_port(host="127.0.0.1"):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def have_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# Config rendering (libconfig syntax)
+
+class Raw(str):
+    """A value written into the config verbatim."""
+
+
+def render_value(v):
+    if isinstance(v, Raw):
+        return str(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        # libconfig 1.5 silently turns an int beyond 32 bits into garbage
+        # unless it carries the L suffix.
+        return "%dL" % v if not -2**31 <= v < 2**31 else str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[ " + ", ".join(render_value(x) for x in v) + " ]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_conf(settings, extra=""):
+    lines = ["# generated by t/conftest.py"]
+    for k, v in settings.items():
+        if v is not None:
+            lines.append("%s = %s;" % (k, render_value(v)))
+    if extra:
+        lines.append(extra)
+    return "\n".join(lines) + "\n"
+
+
+def run_crunchd(args, timeout=WAIT, cwd=None):
+    """Run crunchd to completion (-t, -T, -v, -V, or a start expected to fail).
+    Returns CompletedProcess with str stdout/stderr. The process runs in its
+    own session; anything of it still alive after timeout is killed."""
+    p = subprocess.Popen([BIN] + list(args), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         cwd=cwd, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_session(p.pid)
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError("crunchd %s did not finish within %.0fs\nstderr:\n%s"
+                             % (" ".join(args), timeout, err.decode(errors="replace")))
+    finally:
+        _kill_session(p.pid)
+    return subprocess.CompletedProcess(p.args, p.returncode,
+                                       out.decode(errors="replace"),
+                                       err.decode(errors="replace"))
+
+
+def _kill_session(sid):
+    for pid in session_members(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# --------------------------------------------------------------------------
+# The daemon under test
+
+BAD_LOG = re.compile(r"\[(alert|crit|emerg)\]")
+SANITIZER = re.compile(r"AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:")
+LOG_LINE = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) \[(debug|info|notice|warn|error|crit|alert|emerg)\] (\d+)#(\d+): (.*)$")
+TITLE_RE = re.compile(r"^crunchd: (master|acceptor|worker)\b(?: (\d+))?")
+
+
+class DaemonExited(AssertionError):
+    pass
+
+
+class Crunchd:
+    """One crunchd under test. Build it with the `crunchd` fixture."""
+
+    DEFAULTS = {
+        "listen": ["127.0.0.1:{port}"],
+        "acceptors": 1,
+        "workers": 2,
+        "pid_file": "crunchd.pid",   # relative: resolves against -p PREFIX
+        "error_log": "error.log",
+        "log_level": "info",
+    }
+
+    def __init__(self, base, settings, extra=""):
+        self.base = str(base)
+        self.prefix = os.path.join(self.base, "prefix")
+        self.rundir = os.path.join(self.base, "run")  # cwd, != prefix on purpose
+        os.makedirs(self.prefix, exist_ok=True)
+        os.makedirs(self.rundir, exist_ok=True)
+        self.conf_path = os.path.join(self.base, "crunchd.conf")
+        self.stdout_path = os.path.join(self.rundir, "stdout.txt")
+        self.stderr_path = os.path.join(self.rundir, "stderr.txt")
+        self.settings = dict(self.DEFAULTS)
+        self.settings.update(settings)
+        self.extra = extra
+        self.auto_port = "port" not in settings
+        self.port = settings.get("port") or free_port()
+        self.settings.pop("port", None)
+        self.proc = None
+        self.seen = set()        # every child pid ever seen (killed at teardown)
+        self.allowed = []        # regexes of log lines the test expects
+        self.check_log = True
+        self._channels = []
+        self._stubs = {}
+
+    # -- configuration ----------------------------------------------------
+    def listen(self):
+        return [str(x).format(port=self.port) for x in self.settings.get("listen") or []]
+
+    def conf_text(self):
+        s = dict(self.settings)
+        s["listen"] = self.listen()
+        return render_conf(s, self.extra)
+
+    def write_conf(self):
+        with open(self.conf_path, "w") as f:
+            f.write(self.conf_text())
+
+    def _path(self, v):
+        if v is None or v == "" or v == "stderr":
+            return None
+        return v if os.path.isabs(v) else os.path.join(self.prefix, v)
+
+    @property
+    def pid_file(self):
+        return self._path(self.settings.get("pid_file"))
+
+    @property
+    def log_path(self):
+        return self._path(self.settings.get("error_log"))
+
+    @property
+    def targets(self):
+        """gRPC targets for every listen entry, in order."""
+        out = []
+        for l in self.listen():
+            if l.startswith("unix:"):
+                out.append("unix:" + self._path(l[5:]))
+            elif l.startswith("["):
+                out.append("ipv6:" + l)
+            else:
+                out.append(l)
+        return out
+
+    @property
+    def target(self):
+        return self.targets[0]
+
+    @property
+    def addr(self):
+        return self.target
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def expected_children(self):
+        w = self.settings.get("workers", "auto")
+        w = os.cpu_count() if w in ("auto", None) else int(w)
+        a = self.settings.get("acceptors")
+        return (1 if a is None else int(a)), w
+
+    # -- start / stop -------------------------------------------------------
+    def start(self, wait=True, timeout=WAIT):
+        for attempt in range(3):
+            self.write_conf()
+            out = open(self.stdout_path, "ab")
+            err = open(self.stderr_path, "ab")
+            try:
+                self.proc = subprocess.Popen(
+                    [BIN, "-c", self.conf_path, "-p", self.prefix],
+                    stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                    cwd=self.rundir, start_new_session=True)
+            finally:
+                out.close()
+                err.close()
+            if not wait:
+                return self
+            try:
+                self.wait_ready(timeout)
+                return self
+            except DaemonExited as e:
+                # Another process grabbed our free port in the meantime: retry.
+                if self.auto_port and attempt < 2 and "in use" in str(e):
+                    self.port = free_port()
+                    continue
+                raise
+        return self
+
+    def _check_running(self):
+        if self.proc.poll() is not None:
+            raise DaemonExited("crunchd exited early with status %s\nstderr:\n%s\nlog:\n%s"
+                               % (self.proc.returncode, self.stderr_text()[-3000:],
+                                  self.log_text()[-3000:]))
+
+    def wait_ready(self, timeout=WAIT):
+        """Until: pid file names the master, every child has its title, and
+        every listener completes an HTTP/2 handshake."""
+        deadline = time.monotonic() + timeout
+        left = lambda: max(0.1, deadline - time.monotonic())  # noqa: E731
+
+        if self.pid_file:
+            def pid_written():
+                self._check_running()
+                try:
+                    with open(self.pid_file) as f:
+                        return f.read().strip() == str(self.proc.pid)
+                except OSError:
+                    return False
+            wait_for(pid_written, left(), what="pid file %s" % self.pid_file)
+
+        na, nw = self.expected_children()
+
+        def all_children():
+            self._check_running()
+            return len(self.acceptors()) == na and len(self.workers()) == nw
+        wait_for(all_children, left(),
+                 what="%d acceptor(s) and %d worker(s) with their titles" % (na, nw))
+
+        for t in self.targets:
+            ch = self.channel(t)
+            try:
+                grpc.channel_ready_future(ch).result(timeout=left())
+            except grpc.FutureTimeoutError:
+                self._check_running()
+                raise AssertionError("listener %s never completed a gRPC handshake" % t)
+        return self
+
+    def send_signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=WAIT):
+        """Send sig to the master and wait for it to exit. Returns the status."""
+        self.children()  # remember who to look for afterwards
+        self.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("master did not exit within %.0fs of signal %d"
+                                 % (timeout, sig))
+
+    def leftovers(self):
+        """Processes of this daemon still alive (children remembered, or in
+        its session)."""
+        pids = set(p for p in self.seen if alive(p) and "crunchd" in (proc_cmdline(p) or ""))
+        if self.proc is not None:
+            pids |= set(session_members(self.proc.pid))
+            if self.proc.poll() is None:
+                pids.add(self.proc.pid)
+        return sorted(pids)
+
+    def teardown(self):
+        """Stop everything; return a list of problems (empty when clean)."""
+        problems = []
+        for ch in self._channels:
+            try:
+                ch.close()
+            except Exception:
+                pass
+        self._channels = []
+        self._stubs = {}
+        if self.proc is None:
+            return problems
+        if self.proc.poll() is None:
+            self.children()
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                problems.append("crunchd (pid %d) did not exit within %.0fs of SIGTERM"
+                                % (self.proc.pid, WAIT))
+            except ProcessLookupError:
+                pass
+        left = self.leftovers()
+        if left and self.proc.poll() is not None:
+            # Children may take a moment to notice (PR_SET_PDEATHSIG); the
+            # strict check is in test_process.py.
+            try:
+                wait_for(lambda: not self.leftovers(), 5 * SCALE, what="children to exit")
+            except WaitTimeout:
+                pass
+            left = self.leftovers()
+        if left:
+            if self.proc.poll() is not None:
+                problems.append("processes left behind after the master exited: %s"
+                                % ", ".join("%d (%s)" % (p, proc_cmdline(p)) for p in left))
+            # The group still has live members here, so its id cannot have
+            # been recycled: killpg reaches only what we started.
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for p in left:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                wait_for(lambda: not self.leftovers(), 10, what="killed processes to vanish")
+            except WaitTimeout as e:
+                problems.append(str(e))
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        if self.check_log:
+            problems.extend(self.log_problems())
+        return problems
+
+    # -- processes -------------------------------------------------------------
+    def children(self):
+        """{pid: title} of the master's current children (zombies excluded)."""
+        out = {}
+        for p in children_of(self.proc.pid):
+            if alive(p):
+                self.seen.add(p)
+                out[p] = proc_cmdline(p) or ""
+        return out
+
+    def _role(self, role):
+        out = {}
+        for pid, title in self.children().items():
+            m = TITLE_RE.match(title)
+            if m and m.group(1) == role:
+                slot = int(m.group(2)) if m.group(2) is not None else -1 - len(out)
+                out[slot] = pid
+        return out
+
+    def acceptors(self):
+        """{slot: pid} of children titled `crunchd: acceptor N ...`."""
+        return self._role("acceptor")
+
+    def workers(self):
+        """{slot: pid} of children titled `crunchd: worker N ...`."""
+        return self._role("worker")
+
+    def all_pids(self):
+        return [self.proc.pid] + sorted(self.children())
+
+    # -- logs ---------------------------------------------------------------------
+    @staticmethod
+    def _read(path):
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log_text(self):
+        """The error log (stderr's text when error_log is "stderr")."""
+        return self._read(self.log_path) if self.log_path else self.stderr_text()
+
+    def stderr_text(self):
+        return self._read(self.stderr_path)
+
+    def allow_log(self, regex):
+        """Declare log lines matching regex as expected by this test."""
+        self.allowed.append(re.compile(regex))
+
+    def wait_log(self, regex, timeout=WAIT):
+        r = re.compile(regex)
+
+        def find():
+            for line in self.log_text().splitlines():
+                if r.search(line):
+                    return line
+            return None
+        return wait_for(find, timeout, 0.05, "a log line matching %r" % regex)
+
+    def log_problems(self):
+        texts = [self.log_text()]
+        if self.log_path:
+            texts.append(self.stderr_text())
+        bad = []
+        for text in texts:
+            for line in text.splitlines():
+                if (BAD_LOG.search(line) or SANITIZER.search(line)) and \
+                        not any(a.search(line) for a in self.allowed):
+                    bad.append(line)
+        if not bad:
+            return []
+        return ["unexpected lines in the error log / stderr of crunchd %d:\n  %s"
+                % (self.proc.pid, "\n  ".join(bad[:30]))]
+
+    # -- gRPC -----------------------------------------------------------------------
+    def channel(self, target=None, options=()):
+        opts = [("grpc.enable_http_proxy", 0)] + list(options)
+        ch = grpc.insecure_channel(target or self.target, options=opts)
+        self._channels.append(ch)
+        return ch
+
+    def stub(self, target=None):
+        t = target or self.target
+        if t not in self._stubs:
+            self._stubs[t] = pb_grpc.CrunchStub(self.channel(t))
+        return self._stubs[t]
+
+    def run(self, handler, payload=b"", id=1, timeout=RPC_TIMEOUT, timeout_ms=0,
+            stub=None, **kw):
+        if isinstance(payload, str):
+            payload = payload.encode()
+        task = pb.Task(id=id, handler=handler, payload=payload, timeout_ms=timeout_ms)
+        return (stub or self.stub()).Run(task, timeout=timeout, **kw)
+
+    def run_until_ok(self, handler="echo", payload=b"ping", timeout=WAIT, target=None):
+        """Call Run until it succeeds (reconnecting as gRPC does), for use after
+        a child was killed. Returns (result, number of failed attempts)."""
+        deadline = time.monotonic() + timeout
+        failures = []
+        stub = self.stub(target)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no successful call within %.0fs; failures: %s"
+                                     % (timeout, failures[-5:]))
+            try:
+                return self.run(handler, payload, id=len(failures) + 1,
+                                timeout=min(5.0 * SCALE, left), stub=stub,
+                                wait_for_ready=True), len(failures)
+            except grpc.RpcError as e:
+                failures.append((e.code(), e.details()))
+                time.sleep(0.05)
+
+
+def call_status(fn, *args, **kw):
+    """Run fn; return (grpc.StatusCode, details, result_or_None, seconds)."""
+    t0 = time.monotonic()
+    try:
+        r = fn(*args, **kw)
+        return grpc.StatusCode.OK, "", r, time.monotonic() - t0
+    except grpc.RpcError as e:
+        return e.code(), e.details() or "", None, time.monotonic() - t0
+
+
+@pytest.fixture
+def crunchd(tmp_path):
+    """Factory: crunchd(start=True, extra="", port=N, **settings) -> Crunchd.
+
+    settings override Crunchd.DEFAULTS (None removes one); "{port}" in a listen
+    entry is the test's free port. Every daemon made is stopped at teardown, and
+    its error log checked."""
+    made = []
+
+    def factory(start=True, extra="", **settings):
+        d = Crunchd(tmp_path / ("d%d" % len(made)), settings, extra)
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield factory
+    disarm_watchdog()  # teardown must run to its end
+    problems = []
+    for d in made:
+        problems.extend(d.teardown())
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def daemon(crunchd):
+    """A crunchd with the defaults (1 acceptor, 2 workers), started."""
+    return crunchd()
