@@ -894,8 +894,12 @@ static int conf_workers_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
 
 static void conf_workers_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
 {
-    fprintf(out, "%s = %u;%s\n", cmd->name, *CONF_FIELD(c, cmd, const unsigned),
-            c->workers_auto ? "  # \"auto\" = online CPUs" : "");
+    /* "auto" stays "auto", so a dump moved to a bigger machine still uses it. */
+    if (c->workers_auto)
+        fprintf(out, "%s = \"auto\";  # %u online CPUs now\n", cmd->name,
+                *CONF_FIELD(c, cmd, const unsigned));
+    else
+        fprintf(out, "%s = %u;\n", cmd->name, *CONF_FIELD(c, cmd, const unsigned));
 }
 
 static const conf_type_t conf_type_workers = {conf_workers_set, conf_workers_init,

@@ -45,7 +45,8 @@ typedef struct {
     cr_child_t acceptors[CR_MAX_ACCEPTORS];
     cr_child_t workers[CR_MAX_WORKERS];
     bool terminating;        /* TERM/INT: children get TERM, then KILL */
-    bool quitting;           /* QUIT: children finish what they hold, then exit */
+    bool quitting;           /* QUIT: acceptors finish their calls, then workers exit */
+    bool workers_quit;       /* QUIT sent to the workers (after the acceptors left) */
     uint64_t stop_started_ns;
     bool killed;             /* SIGKILL already sent to the stragglers */
     int exit_code;
@@ -500,17 +501,21 @@ int cr_master_run(cr_conf_t *conf)
         if (cr_sig_quit) {
             cr_sig_quit = 0;
             if (!m->terminating && !m->quitting) {
-                cr_log(CR_LOG_NOTICE, 0, "graceful stop (SIGQUIT): children finish what "
-                       "they hold, then exit");
+                cr_log(CR_LOG_NOTICE, 0, "graceful stop (SIGQUIT): acceptors finish their "
+                       "calls, then the workers exit");
                 m->quitting = true;
                 m->stop_started_ns = cr_now_ns();
-                cr_signal_children(m, SIGQUIT);
+                /* Workers keep running until the acceptors are gone, so that
+                 * tasks still queued for open calls are done, not stranded. */
+                for (unsigned i = 0; i < conf->acceptors; i++)
+                    if (m->acceptors[i].pid)
+                        kill(m->acceptors[i].pid, SIGQUIT);
             }
         }
         if (cr_sig_usr1) {
             cr_sig_usr1 = 0;
-            cr_log(CR_LOG_NOTICE, 0, "reopening log files (SIGUSR1)");
             cr_log_reopen();
+            cr_log(CR_LOG_NOTICE, 0, "reopened log files (SIGUSR1); children reopen theirs");
             cr_signal_children(m, SIGUSR1);
         }
         if (cr_sig_hup) {
@@ -535,6 +540,17 @@ int cr_master_run(cr_conf_t *conf)
                        cr_master_live(m));
                 cr_signal_children(m, SIGKILL);
                 m->killed = true;
+            }
+        }
+        if (m->quitting && !m->workers_quit && !m->terminating) {
+            unsigned live_acceptors = 0;
+            for (unsigned i = 0; i < conf->acceptors; i++)
+                live_acceptors += m->acceptors[i].pid != 0;
+            if (live_acceptors == 0) {
+                m->workers_quit = true;
+                for (unsigned i = 0; i < conf->workers; i++)
+                    if (m->workers[i].pid)
+                        kill(m->workers[i].pid, SIGQUIT);
             }
         }
         if ((m->terminating || m->quitting) && cr_master_live(m) == 0)

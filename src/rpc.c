@@ -28,9 +28,7 @@
 #include "handlers.h"
 #include "log.h"
 
-#include <linux/futex.h>
 #include <pthread.h>
-#include <sys/syscall.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -406,15 +404,10 @@ static rpc_call_t *rpc_tbl_get(uint64_t tag)
 /* --- submitting ---------------------------------------------------------------- */
 
 /* Wake the result thread out of cr_result_take so that it retries the pending
- * list now rather than after its 100 ms wait. Bumps the ring's futex word the
- * way a push does (shm.h: "bumped on every push"); cr_result_take returns 0 on
- * such a wake. TODO: cr_result_wake() in shm.c once the lead adds it. */
+ * list now rather than after its 100 ms wait. */
 static void rpc_results_kick(void)
 {
-    cr_acceptor_sh_t *a = &rpc.region->acceptors[rpc.slot];
-    __atomic_add_fetch(&a->futex, 1, __ATOMIC_RELEASE);
-    if (syscall(SYS_futex, &a->futex, FUTEX_WAKE, 1, NULL, NULL, 0) == -1)
-        cr_log(CR_LOG_ALERT, errno, "futex(FUTEX_WAKE) failed");
+    cr_result_wake(rpc.region, rpc.slot);
 }
 
 /* Queue c's task. c->mu held. Returns CR_OK (submitted), CR_AGAIN (no space

@@ -820,6 +820,12 @@ int cr_result_take(cr_region_t *r, unsigned ai, uint32_t *out, unsigned n, int t
     return (int)got;
 }
 
+void cr_result_wake(cr_region_t *r, unsigned a)
+{
+    __atomic_add_fetch(&r->acceptors[a].futex, 1, __ATOMIC_RELEASE);
+    cr_futex_wake(&r->acceptors[a].futex, 1);
+}
+
 void cr_task_cancel(cr_region_t *r, uint32_t d)
 {
     __atomic_or_fetch(&r->tasks[d].flags, CR_TASK_CANCELLED, __ATOMIC_RELEASE);

@@ -201,6 +201,10 @@ int cr_task_submit(cr_region_t *r, const cr_submit_t *s, uint32_t *d);
  * and calls cr_task_release for each. */
 int cr_result_take(cr_region_t *r, unsigned a, uint32_t *out, unsigned n, int timeout_ms);
 
+/* Wake acceptor slot a's result thread out of cr_result_take (which then
+ * returns 0), e.g. to retry calls waiting for queue space. */
+void cr_result_wake(cr_region_t *r, unsigned a);
+
 /* The call is gone: a worker that has not started it frees it; a result that
  * arrives later is freed by the acceptor without sending. Lock-free. */
 void cr_task_cancel(cr_region_t *r, uint32_t d);

@@ -396,7 +396,8 @@ class Crunchd:
 
     def conf_text(self):
         s = dict(self.settings)
-        s["listen"] = self.listen()
+        if s.get("listen") is not None:
+            s["listen"] = self.listen()
         return render_conf(s, self.extra)
 
     def write_conf(self):

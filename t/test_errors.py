@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from conftest import SCALE, call_status, pb, pb_grpc, start_blocker, wait_for
+from conftest import LOG_LINE, SCALE, call_status, pb, pb_grpc, start_blocker, wait_for
 
 OK = grpc.StatusCode.OK
 
@@ -115,7 +115,10 @@ def test_deadline_passed_while_queued_task_timeout(crunchd):
     # away, so DEADLINE_EXCEEDED must come from crunchd, not from the client.
     d, rb = _expire_while_queued(crunchd, 9001, timeout_ms=300, timeout=30 * SCALE)
     assert rb[3] < 25 * SCALE, "crunchd held the expired call %.1fs" % rb[3]
-    d.wait_log(r"expired.*\b9001\b|\b9001\b.*expired", timeout=10 * SCALE)
+    # The worker that popped it says it did not run it.
+    (wpid,) = d.workers().values()
+    line = d.wait_log(r"expired.*\b9001\b|\b9001\b.*expired", timeout=10 * SCALE)
+    assert LOG_LINE.match(line) and int(LOG_LINE.match(line).group(3)) == wpid, line
 
 
 def test_deadline_passed_while_queued_call_deadline(crunchd):
