@@ -5,14 +5,19 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <libconfig.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
 #define CONF_FILE_MAX      (16u << 20) /* a config file larger than this is a mistake */
 #define CONF_INCLUDE_DEPTH 10          /* libconfig's own limit */
 #define CONF_SEE           "see conf/crunchd.conf for every setting"
+#define CONF_MAX_CMDS      48    /* rows conf_cmds may have (conf_ctx_t.lines) */
+#define RECEIVE_SLACK      4096u /* max_receive_message default: max_payload + this */
+#define RECEIVE_MIN_SLACK  64u   /* ... and at least max_payload + this when set */
 
 #define KB UINT64_C(1024)
 #define MB (UINT64_C(1024) * KB)
@@ -30,11 +35,18 @@
  *   - the line of a list element is where the parser finished it, for a
  *     string the line of the next token. We record where each element of a
  *     top-level list starts, so messages point at the right line.
- * It also notes a string or comment left open at the end of the file.
- * Records are keyed by file, top-level setting name and the line of the name
- * (what config_setting_source_file/line/name give).
+ *   - an integer with a leading zero is decimal to libconfig: "mode = 0660;"
+ *     reads as 660. We record such literals (at any depth) with their octal
+ *     value, for the one setting written in octal by habit (a unix socket's
+ *     mode); the others take libconfig's decimal reading.
+ * It also notes a string or comment left open at the end of the file, and a
+ * group written inside an array ("listen = [ { ... } ]"), which libconfig only
+ * calls a syntax error.
+ * Records are keyed by file, setting name and the line of the name (what
+ * config_setting_source_file/line/name give), and for OCTAL by the index of the
+ * top-level list element the setting sits in.
  */
-enum { CONF_REC_BIGINT = 1, CONF_REC_ELEM };
+enum { CONF_REC_BIGINT = 1, CONF_REC_ELEM, CONF_REC_OCTAL };
 
 typedef struct {
     int kind;           /* CONF_REC_* */
@@ -43,9 +55,9 @@ typedef struct {
     unsigned name_line; /* line of that setting's name */
     unsigned index;     /* ELEM: position in the list */
     unsigned line;      /* ELEM: line where the element starts */
-    bool fits;          /* BIGINT: the value fits in int64 */
+    bool fits;          /* BIGINT: fits in int64; OCTAL: only digits 0-7 */
     long long value;
-    char text[32]; /* BIGINT: the number for messages */
+    char text[32]; /* BIGINT, OCTAL: the number for messages */
 } conf_rec_t;
 
 typedef struct {
@@ -62,72 +74,146 @@ typedef struct {
     const char *open_what; /* "string" or "comment" left open, or NULL */
     const char *open_file;
     unsigned open_line;
+    const char *group_in_array_file; /* first "[ {" the scan saw */
+    unsigned group_in_array_line;    /* 0 = none */
 
-    unsigned lines[16];    /* per table entry: line it was set on, 0 = default */
-    const char *files[16]; /* per table entry: its file (libconfig's) */
+    unsigned lines[CONF_MAX_CMDS]; /* per table entry: line it was set on, 0 = default */
+    const char *files[CONF_MAX_CMDS]; /* per table entry: its file (libconfig's) */
 } conf_ctx_t;
 
 typedef struct conf_cmd_s conf_cmd_t;
 
 /* A type of setting: how to read it from libconfig, its default, how to print
- * it for -T. A new setting of an existing type is one line in conf_cmds. */
+ * it for -T, and whether two configurations hold the same value (reload). A
+ * new setting of an existing type is one line in conf_cmds. */
 typedef struct {
     int (*set)(conf_ctx_t *cx, const conf_cmd_t *cmd, const config_setting_t *s);
     int (*init)(conf_ctx_t *cx, const conf_cmd_t *cmd);
     void (*dump)(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out);
+    bool (*same)(const cr_conf_t *a, const cr_conf_t *b, const conf_cmd_t *cmd);
 } conf_type_t;
 
 struct conf_cmd_s {
     const char *name;
     const conf_type_t *type;
     size_t offset;       /* into cr_conf_t */
+    size_t width;        /* sizeof the field: uint takes unsigned or uint64_t */
+    unsigned change;     /* CR_CHANGE_*: what a reload that changes it must do */
     uint64_t min, max;   /* numbers; for listen, how many entries */
-    uint64_t def;        /* default of numeric types */
+    uint64_t def;        /* default of numeric and boolean types */
     const char *def_str; /* default of string types */
     const char *literal; /* path types: a value that is not a path ("stderr") */
+    const char *off;     /* path types: the word that means none ("off"), stored as "" */
     bool required;       /* path types: "" is refused */
-    const char *hint;    /* path types: what to write instead */
+    const char *hint;    /* path and string types: what to write instead */
+    const char *const
+        *words; /* enum: the accepted words, NULL-terminated; index = value */
 };
 
 static const conf_type_t conf_type_listen, conf_type_uint, conf_type_size,
-    conf_type_workers, conf_type_path, conf_type_level;
+    conf_type_workers, conf_type_path, conf_type_level, conf_type_bool, conf_type_user,
+    conf_type_group, conf_type_rlimit, conf_type_enum;
 
-#define CONF_OFF(field) offsetof(cr_conf_t, field)
+#define CONF_OFF(field)   offsetof(cr_conf_t, field)
+#define CONF_WIDTH(field) sizeof(((cr_conf_t *)0)->field)
+#define CONF_AT(field)    .offset = CONF_OFF(field), .width = CONF_WIDTH(field)
 
 /* Table rows for the common types: a new setting is one line. */
-#define CONF_UINT(n, field, lo, hi, d)                                                   \
+#define CONF_UINT(n, field, lo, hi, d, chg)                                              \
     {                                                                                    \
-        .name = n, .type = &conf_type_uint, .offset = CONF_OFF(field), .min = lo,        \
+        .name = n, .type = &conf_type_uint, CONF_AT(field), .change = chg, .min = lo,    \
         .max = hi, .def = d                                                              \
     }
-#define CONF_SIZE(n, field, lo, hi, d)                                                   \
+#define CONF_SIZE(n, field, lo, hi, d, chg)                                              \
     {                                                                                    \
-        .name = n, .type = &conf_type_size, .offset = CONF_OFF(field), .min = lo,        \
+        .name = n, .type = &conf_type_size, CONF_AT(field), .change = chg, .min = lo,    \
         .max = hi, .def = d                                                              \
+    }
+#define CONF_BOOL(n, field, d, chg)                                                      \
+    {                                                                                    \
+        .name = n, .type = &conf_type_bool, CONF_AT(field), .change = chg, .def = d      \
     }
 
-/* Every setting crunchd.conf may hold, in the order -T prints them. */
+#define W CR_CHANGE_WORKER
+#define A CR_CHANGE_ACCEPTOR
+#define M CR_CHANGE_MASTER
+#define R CR_CHANGE_RESTART
+
+static const char *const conf_affinity_words[] = {"off", "auto", NULL};
+
+/* Every setting crunchd.conf may hold, in the order -T prints them (and the
+ * shipped file documents them), with what a reload changing it has to do
+ * (DESIGN section 5): cr_conf_diff reads the class from here. */
 /* clang-format off */
 static const conf_cmd_t conf_cmds[] = {
-    { .name = "listen", .type = &conf_type_listen, .min = 1, .max = CR_MAX_LISTEN },
-    CONF_UINT("acceptors", acceptors, 1, CR_MAX_ACCEPTORS, 1),
-    { .name = "workers", .type = &conf_type_workers, .offset = CONF_OFF(workers),
+    { .name = "listen", .type = &conf_type_listen, CONF_AT(listen), .change = A,
+      .min = 1, .max = CR_MAX_LISTEN },
+
+    /* workers: worker-level */
+    { .name = "workers", .type = &conf_type_workers, CONF_AT(workers), .change = W,
       .min = 1, .max = CR_MAX_WORKERS, .def_str = "auto" },
-    CONF_UINT("queue_capacity", queue_capacity, 1, 1048576, 1024),
-    CONF_SIZE("shm_size", shm_size, 64 * KB, 64 * GB, 64 * MB),
-    CONF_SIZE("max_payload", max_payload, 1, 1 * GB, 4 * MB),
-    CONF_UINT("queue_wait_ms", queue_wait_ms, 0, 600000, 1000),
-    { .name = "pid_file", .type = &conf_type_path, .offset = CONF_OFF(pid_file),
+    CONF_UINT("task_timeout_ms", task_timeout_ms, 0, 86400000, 30000, W),
+    CONF_UINT("task_retries", task_retries, 0, 5, 0, W),
+    CONF_UINT("worker_max_tasks", worker_max_tasks, 0, UINT32_MAX, 0, W),
+    CONF_UINT("respawn_burst", respawn_burst, 1, 1000, 5, W),
+    CONF_UINT("respawn_window_ms", respawn_window_ms, 100, 3600000, 10000, W),
+    CONF_UINT("worker_rlimit_nofile", worker_rlimit_nofile, 0, 1048576, 0, W),
+    { .name = "worker_rlimit_core", .type = &conf_type_rlimit, CONF_AT(worker_rlimit_core),
+      .change = W, .min = 0, .max = 1024 * GB },
+    { .name = "worker_cpu_affinity", .type = &conf_type_enum, CONF_AT(worker_cpu_affinity),
+      .change = W, .def = CR_AFFINITY_OFF, .words = conf_affinity_words },
+
+    /* acceptors and gRPC: a new generation */
+    CONF_UINT("acceptors", acceptors, 1, CR_MAX_ACCEPTORS, 1, A),
+    CONF_SIZE("max_receive_message", max_receive_message, 1 * KB, 2 * GB - 1, 0, A),
+    CONF_UINT("max_concurrent_streams", max_concurrent_streams, 1, 1000000, 1000, A),
+    CONF_UINT("keepalive_time_ms", keepalive_time_ms, 1000, 86400000, 7200000, A),
+    CONF_UINT("keepalive_timeout_ms", keepalive_timeout_ms, 1000, 3600000, 20000, A),
+    CONF_UINT("max_connection_idle_ms", max_connection_idle_ms, 0, 86400000, 0, A),
+    CONF_UINT("max_connection_age_ms", max_connection_age_ms, 1000, 86400000, 30000, A),
+    CONF_UINT("max_connection_age_grace_ms", max_connection_age_grace_ms, 0, 3600000,
+              10000, A),
+    CONF_UINT("stream_max_pending", stream_max_pending, 1, 1000000, 1024, A),
+
+    /* queue and memory: a new generation, except the updates feed (its own
+     * region, which the master re-creates) */
+    CONF_UINT("queue_capacity", queue_capacity, 1, 1048576, 1024, A),
+    CONF_UINT("queue_wait_ms", queue_wait_ms, 0, 600000, 1000, A),
+    CONF_SIZE("shm_size", shm_size, 64 * KB, 64 * GB, 64 * MB, A),
+    CONF_SIZE("max_payload", max_payload, 1, 1 * GB, 4 * MB, A),
+    CONF_UINT("updates_capacity", updates_capacity, 1, 1048576, 65536, M),
+
+    /* reload and stop: the master */
+    CONF_UINT("shutdown_timeout_ms", shutdown_timeout_ms, 1000, 3600000, 60000, M),
+    CONF_UINT("max_draining_generations", max_draining_generations, 1, 64, 4, M),
+
+    /* files */
+    { .name = "pid_file", .type = &conf_type_path, CONF_AT(pid_file), .change = M,
       .def_str = "crunchd.pid", .hint = "use a file path, or \"\" for no pid file" },
-    { .name = "error_log", .type = &conf_type_path, .offset = CONF_OFF(error_log),
+    { .name = "error_log", .type = &conf_type_path, CONF_AT(error_log), .change = M,
       .def_str = "stderr", .literal = "stderr", .required = true,
       .hint = "use \"stderr\" or a file path" },
-    { .name = "log_level", .type = &conf_type_level, .offset = CONF_OFF(log_level),
+    { .name = "log_level", .type = &conf_type_level, CONF_AT(log_level), .change = M,
       .def_str = "notice" },
+    { .name = "access_log", .type = &conf_type_path, CONF_AT(access_log), .change = A,
+      .def_str = "off", .off = "off", .hint = "use a file path, or \"off\"" },
+
+    /* the process: only at start */
+    CONF_BOOL("daemon", daemon, false, R),
+    { .name = "user", .type = &conf_type_user, CONF_AT(user), .change = R, .def_str = "",
+      .hint = "name an existing user, or \"\" to keep the user crunchd starts as" },
+    { .name = "group", .type = &conf_type_group, CONF_AT(group), .change = R, .def_str = "",
+      .hint = "name an existing group, or \"\" for the user's primary group" },
 };
 /* clang-format on */
 
-_Static_assert(cr_nelem(conf_cmds) <= 16, "grow conf_ctx_t.lines and .files");
+#undef W
+#undef A
+#undef M
+#undef R
+
+_Static_assert(cr_nelem(conf_cmds) <= CONF_MAX_CMDS, "raise CONF_MAX_CMDS");
+_Static_assert(sizeof(cr_affinity_t) == sizeof(int), "conf_type_enum stores an int");
 
 #define CONF_FIELD(c, cmd, type) ((type *)((char *)(c) + (cmd)->offset))
 
@@ -262,6 +348,36 @@ static unsigned conf_distance(const char *a, const char *b)
     return d[la][lb];
 }
 
+/* The name in `names` (NULL-terminated) closest to `name`, if close enough to
+ * be a typo, else NULL. */
+static const char *conf_suggest(const char *name, const char *const *names)
+{
+    const char *best = NULL;
+    unsigned best_d = 3;
+
+    for (; *names != NULL; names++) {
+        unsigned dist = conf_distance(name, *names);
+        if (dist < best_d) {
+            best_d = dist;
+            best = *names;
+        }
+    }
+    return best;
+}
+
+/* Two configurations hold the same value of a fixed-size setting. */
+static bool conf_same_mem(const cr_conf_t *a, const cr_conf_t *b, const conf_cmd_t *cmd)
+{
+    return memcmp(CONF_FIELD(a, cmd, const char), CONF_FIELD(b, cmd, const char),
+                  cmd->width) == 0;
+}
+
+/* ... of a string setting. */
+static bool conf_same_str(const cr_conf_t *a, const cr_conf_t *b, const conf_cmd_t *cmd)
+{
+    return strcmp(CONF_FIELD(a, cmd, const char), CONF_FIELD(b, cmd, const char)) == 0;
+}
+
 /* --- paths ------------------------------------------------------------------ */
 
 /* dst = path if absolute, else prefix/path. Returns CR_ERROR if too long. */
@@ -313,10 +429,13 @@ typedef struct {
     const char *file; /* NULL for the main text, else the include path */
     char name[64];    /* top-level setting being read */
     unsigned name_line;
+    char inner[64]; /* the setting being read below the top level */
+    unsigned inner_line;
     int depth;      /* brackets open */
     bool in_list;   /* depth 1 is a list or an array, not a group */
     unsigned elem;  /* index of the element being read at depth 1 */
     bool elem_seen; /* its start was recorded */
+    char open[32];  /* the brackets open, innermost last (the first 32) */
 } conf_scan_t;
 
 static int conf_scan(conf_ctx_t *cx, const char *text, const char *file, int depth);
@@ -416,6 +535,33 @@ static int conf_scan_number(conf_scan_t *st, const char **pp)
     *pp = p;
     if (p == digits)
         return CR_OK;
+
+    /* 0660: libconfig reads 660. Keep the octal reading for whoever wants it. */
+    if (!hex && p - digits > 1 && digits[0] == '0' && !is_long) {
+        unsigned long long oct = 0;
+        bool octal = true;
+
+        for (const char *q = digits; q < p; q++) {
+            if (*q > '7')
+                octal = false;
+            else if (oct <= (unsigned long long)LLONG_MAX / 8)
+                oct = oct * 8 + (unsigned)(*q - '0');
+            else
+                oct = (unsigned long long)LLONG_MAX; /* out of every range */
+        }
+        if ((r = conf_rec_add(st, CONF_REC_OCTAL)) == NULL)
+            return CR_ERROR;
+        if (st->depth > 0) {
+            memcpy(r->name, st->inner, sizeof(r->name));
+            r->name_line = st->inner_line;
+        }
+        r->index = st->depth > 0 && st->in_list ? st->elem : 0;
+        r->fits = octal;
+        r->value = neg ? -(long long)oct : (long long)oct;
+        len = (size_t)(p - start);
+        snprintf(r->text, sizeof(r->text), "%.*s%s", (int)(len < 24 ? len : 24), start,
+                 len < 24 ? "" : "...");
+    }
 
     if (fits) {
         if (neg ? mag > (unsigned long long)LLONG_MAX + 1
@@ -585,9 +731,14 @@ static int conf_scan(conf_ctx_t *cx, const char *text, const char *file, int dep
             pending_line = line;
             continue;
         }
-        if ((ch == '=' || ch == ':') && st.depth == 0) {
-            memcpy(st.name, pending, sizeof(st.name));
-            st.name_line = pending_line;
+        if (ch == '=' || ch == ':') {
+            if (st.depth == 0) {
+                memcpy(st.name, pending, sizeof(st.name));
+                st.name_line = pending_line;
+            } else {
+                memcpy(st.inner, pending, sizeof(st.inner));
+                st.inner_line = pending_line;
+            }
             p++;
             continue;
         }
@@ -599,6 +750,13 @@ static int conf_scan(conf_ctx_t *cx, const char *text, const char *file, int dep
                 st.elem = 0;
                 st.elem_seen = false;
             }
+            if (ch == '{' && st.depth > 0 && (size_t)st.depth <= sizeof(st.open) &&
+                st.open[st.depth - 1] == '[' && cx->group_in_array_line == 0) {
+                cx->group_in_array_file = st.file;
+                cx->group_in_array_line = line;
+            }
+            if ((size_t)st.depth < sizeof(st.open))
+                st.open[st.depth] = ch;
             st.depth++;
             p++;
             continue;
@@ -686,7 +844,22 @@ static int conf_get_int(conf_ctx_t *cx, const config_setting_t *s, long long *v,
 
 /* --- setting types ---------------------------------------------------------- */
 
-/* unsigned, min..max */
+/* unsigned or uint64_t (cmd->width), min..max */
+
+static void conf_uint_store(cr_conf_t *c, const conf_cmd_t *cmd, uint64_t v)
+{
+    if (cmd->width == sizeof(uint64_t))
+        *CONF_FIELD(c, cmd, uint64_t) = v;
+    else
+        *CONF_FIELD(c, cmd, unsigned) = (unsigned)v;
+}
+
+static uint64_t conf_uint_get(const cr_conf_t *c, const conf_cmd_t *cmd)
+{
+    if (cmd->width == sizeof(uint64_t))
+        return *CONF_FIELD(c, cmd, const uint64_t);
+    return *CONF_FIELD(c, cmd, const unsigned);
+}
 
 static int conf_uint_set(conf_ctx_t *cx, const conf_cmd_t *cmd, const config_setting_t *s)
 {
@@ -709,22 +882,23 @@ static int conf_uint_set(conf_ctx_t *cx, const conf_cmd_t *cmd, const config_set
                           "%s: %lld is out of range; use an integer from %" PRIu64
                           " to %" PRIu64,
                           cmd->name, v, cmd->min, cmd->max);
-    *CONF_FIELD(cx->c, cmd, unsigned) = (unsigned)v;
+    conf_uint_store(cx->c, cmd, (uint64_t)v);
     return CR_OK;
 }
 
 static int conf_uint_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
 {
-    *CONF_FIELD(cx->c, cmd, unsigned) = (unsigned)cmd->def;
+    conf_uint_store(cx->c, cmd, cmd->def);
     return CR_OK;
 }
 
 static void conf_uint_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
 {
-    fprintf(out, "%s = %u;\n", cmd->name, *CONF_FIELD(c, cmd, const unsigned));
+    fprintf(out, "%s = %" PRIu64 ";\n", cmd->name, conf_uint_get(c, cmd));
 }
 
-static const conf_type_t conf_type_uint = {conf_uint_set, conf_uint_init, conf_uint_dump};
+static const conf_type_t conf_type_uint = {conf_uint_set, conf_uint_init, conf_uint_dump,
+                                           conf_same_mem};
 
 /* size: bytes as an integer, or a string "64k" "64m" "1g" */
 
@@ -829,7 +1003,8 @@ static void conf_size_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
     fputc('\n', out);
 }
 
-static const conf_type_t conf_type_size = {conf_size_set, conf_size_init, conf_size_dump};
+static const conf_type_t conf_type_size = {conf_size_set, conf_size_init, conf_size_dump,
+                                           conf_same_mem};
 
 /* workers: "auto" (online CPUs) or min..max */
 
@@ -902,16 +1077,21 @@ static void conf_workers_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *o
         fprintf(out, "%s = %u;\n", cmd->name, *CONF_FIELD(c, cmd, const unsigned));
 }
 
+/* The number counts, not how it was written: "auto" and the same number of
+ * CPUs need no new workers. */
 static const conf_type_t conf_type_workers = {conf_workers_set, conf_workers_init,
-                                              conf_workers_dump};
+                                              conf_workers_dump, conf_same_mem};
 
 /* path: a string, relative ones resolved against the prefix. cmd->literal
- * ("stderr") stays as is; "" (no file) is allowed unless cmd->required. */
+ * ("stderr") stays as is; "" (no file) is allowed unless cmd->required;
+ * cmd->off ("off") means no file too and is stored as "". */
 
 static int conf_path_store(conf_ctx_t *cx, const conf_cmd_t *cmd, const char *v)
 {
     char *dst = CONF_FIELD(cx->c, cmd, char);
 
+    if (cmd->off != NULL && strcmp(v, cmd->off) == 0)
+        v = "";
     if (v[0] == '\0' || (cmd->literal != NULL && strcmp(v, cmd->literal) == 0)) {
         snprintf(dst, PATH_MAX, "%s", v);
         return CR_OK;
@@ -949,12 +1129,15 @@ static int conf_path_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
 
 static void conf_path_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
 {
+    const char *v = CONF_FIELD(c, cmd, const char);
+
     fprintf(out, "%s = \"", cmd->name);
-    conf_put_escaped(out, CONF_FIELD(c, cmd, const char));
+    conf_put_escaped(out, v[0] == '\0' && cmd->off != NULL ? cmd->off : v);
     fputs("\";\n", out);
 }
 
-static const conf_type_t conf_type_path = {conf_path_set, conf_path_init, conf_path_dump};
+static const conf_type_t conf_type_path = {conf_path_set, conf_path_init, conf_path_dump,
+                                           conf_same_str};
 
 /* log level: one of the nginx names */
 
@@ -988,7 +1171,246 @@ static void conf_level_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out
 }
 
 static const conf_type_t conf_type_level = {conf_level_set, conf_level_init,
-                                            conf_level_dump};
+                                            conf_level_dump, conf_same_mem};
+
+/* boolean: libconfig's true or false, nothing else ("yes", 1 are mistakes) */
+
+static int conf_bool_set(conf_ctx_t *cx, const conf_cmd_t *cmd, const config_setting_t *s)
+{
+    if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+        return conf_error(cx, s,
+                          "%s: expected true or false, got %s; write %s = true; or "
+                          "%s = false; (no quotes)",
+                          cmd->name, conf_type_name(s), cmd->name, cmd->name);
+    *CONF_FIELD(cx->c, cmd, bool) = config_setting_get_bool(s) != 0;
+    return CR_OK;
+}
+
+static int conf_bool_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
+{
+    *CONF_FIELD(cx->c, cmd, bool) = cmd->def != 0;
+    return CR_OK;
+}
+
+static void conf_bool_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
+{
+    fprintf(out, "%s = %s;\n", cmd->name,
+            *CONF_FIELD(c, cmd, const bool) ? "true" : "false");
+}
+
+static const conf_type_t conf_type_bool = {conf_bool_set, conf_bool_init, conf_bool_dump,
+                                           conf_same_mem};
+
+/* user, group: a name that exists on this system now (getpwnam, getgrnam), or
+ * "" for none. Checked at load time so that a typo is a -t error, not a
+ * child that cannot drop its privileges. */
+
+/* Does the account exist? CR_OK, CR_AGAIN (no such name) or CR_ERROR with
+ * errno (the lookup itself failed). */
+static int conf_account_exists(bool group, const char *name)
+{
+    errno = 0;
+    if (group ? getgrnam(name) != NULL : getpwnam(name) != NULL)
+        return CR_OK;
+    /* getpwnam(3): "not found" may come as 0 or as one of these. */
+    if (errno == 0 || errno == ENOENT || errno == ESRCH || errno == EBADF ||
+        errno == EPERM)
+        return CR_AGAIN;
+    return CR_ERROR;
+}
+
+/* The check shared by user, group and a listener's group: `what` names the
+ * setting in messages ("user", "listen: \"unix:x\": group"). */
+static int conf_account_check(conf_ctx_t *cx, const config_setting_t *s, unsigned line,
+                              const char *what, bool group, const char *name, size_t max)
+{
+    if (strlen(name) >= max)
+        return conf_error_line(cx, s, line,
+                               "%s: \"%.32s...\" is too long (at most %zu bytes)", what,
+                               name, max - 1);
+    switch (conf_account_exists(group, name)) {
+    case CR_AGAIN:
+        return conf_error_line(cx, s, line,
+                               "%s: there is no %s \"%s\" on this system; create it "
+                               "(%s) or name an existing one",
+                               what, group ? "group" : "user", name,
+                               group ? "groupadd" : "useradd");
+    case CR_ERROR:
+        return conf_error_line(cx, s, line,
+                               "%s: cannot look up the %s \"%s\": %s; check "
+                               "/etc/nsswitch.conf",
+                               what, group ? "group" : "user", name, strerror(errno));
+    }
+    return CR_OK;
+}
+
+static int conf_account_set(conf_ctx_t *cx, const conf_cmd_t *cmd,
+                            const config_setting_t *s)
+{
+    const char *v;
+
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return conf_error(cx, s, "%s: expected a string, got %s; %s", cmd->name,
+                          conf_type_name(s), cmd->hint);
+    v = config_setting_get_string(s);
+    if (v[0] != '\0' &&
+        conf_account_check(cx, s, (unsigned)config_setting_source_line(s), cmd->name,
+                           cmd->type == &conf_type_group, v, cmd->width) != CR_OK)
+        return CR_ERROR;
+    snprintf(CONF_FIELD(cx->c, cmd, char), cmd->width, "%s", v);
+    return CR_OK;
+}
+
+static int conf_account_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
+{
+    snprintf(CONF_FIELD(cx->c, cmd, char), cmd->width, "%s", cmd->def_str);
+    return CR_OK;
+}
+
+static void conf_account_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
+{
+    fprintf(out, "%s = \"", cmd->name);
+    conf_put_escaped(out, CONF_FIELD(c, cmd, const char));
+    fputs("\";\n", out);
+}
+
+static const conf_type_t conf_type_user = {conf_account_set, conf_account_init,
+                                           conf_account_dump, conf_same_str};
+static const conf_type_t conf_type_group = {conf_account_set, conf_account_init,
+                                            conf_account_dump, conf_same_str};
+
+/* rlimit: a size in bytes (min..max), "unlimited" (INT64_MAX) or -1 (leave
+ * the limit crunchd was started with: the default) */
+
+#define RLIMIT_LEAVE (-1)
+
+static int conf_rlimit_set(conf_ctx_t *cx, const conf_cmd_t *cmd,
+                           const config_setting_t *s)
+{
+    char hi[32], shown[40];
+    const conf_rec_t *big = NULL;
+    uint64_t v;
+    long long iv;
+    int rc;
+
+    conf_size_text(cmd->max, hi, sizeof(hi));
+    if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+        const char *str = config_setting_get_string(s);
+        if (strcmp(str, "unlimited") == 0) {
+            *CONF_FIELD(cx->c, cmd, int64_t) = INT64_MAX;
+            return CR_OK;
+        }
+        if (cr_conf_parse_size(str, &v) != CR_OK)
+            return conf_error(cx, s,
+                              "%s: \"%.64s\" is not a size; use \"unlimited\", -1 (leave "
+                              "as is) or a size like \"1g\", from 0 to %s",
+                              cmd->name, str, hi);
+        snprintf(shown, sizeof(shown), "%.32s", str);
+    } else {
+        rc = conf_get_int(cx, s, &iv, &big);
+        if (rc == CR_ERROR)
+            return conf_error(cx, s,
+                              "%s: expected a size, got %s; use \"unlimited\", -1 (leave "
+                              "as is) or a size like \"1g\", from 0 to %s",
+                              cmd->name, conf_type_name(s), hi);
+        if (rc == CR_OK && iv == RLIMIT_LEAVE) {
+            *CONF_FIELD(cx->c, cmd, int64_t) = RLIMIT_LEAVE;
+            return CR_OK;
+        }
+        if (rc == CR_AGAIN || iv < 0)
+            return conf_error(cx, s,
+                              "%s: %s is out of range; use \"unlimited\", -1 (leave as "
+                              "is) or a size from 0 to %s",
+                              cmd->name,
+                              rc == CR_AGAIN
+                                  ? big->text
+                                  : (snprintf(shown, sizeof(shown), "%lld", iv), shown),
+                              hi);
+        v = (uint64_t)iv;
+        snprintf(shown, sizeof(shown), "%" PRIu64, v);
+    }
+    if (v < cmd->min || v > cmd->max)
+        return conf_error(
+            cx, s,
+            "%s: %s is out of range; use \"unlimited\", -1 (leave as is) or "
+            "a size from 0 to %s",
+            cmd->name, shown, hi);
+    *CONF_FIELD(cx->c, cmd, int64_t) = (int64_t)v;
+    return CR_OK;
+}
+
+static int conf_rlimit_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
+{
+    *CONF_FIELD(cx->c, cmd, int64_t) = RLIMIT_LEAVE;
+    return CR_OK;
+}
+
+static void conf_rlimit_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
+{
+    int64_t v = *CONF_FIELD(c, cmd, const int64_t);
+    char buf[32];
+
+    if (v == RLIMIT_LEAVE)
+        fprintf(out, "%s = -1;  # leave as inherited\n", cmd->name);
+    else if (v == INT64_MAX)
+        fprintf(out, "%s = \"unlimited\";\n", cmd->name);
+    else if (v != 0 && v % (int64_t)KB == 0)
+        fprintf(out, "%s = %" PRId64 ";  # %s\n", cmd->name, v,
+                conf_size_text((uint64_t)v, buf, sizeof(buf)));
+    else
+        fprintf(out, "%s = %" PRId64 ";\n", cmd->name, v);
+}
+
+static const conf_type_t conf_type_rlimit = {conf_rlimit_set, conf_rlimit_init,
+                                             conf_rlimit_dump, conf_same_mem};
+
+/* enum: one of cmd->words, stored as its index (an int-sized enum) */
+
+static void conf_enum_list(const conf_cmd_t *cmd, char *buf, size_t len)
+{
+    size_t n = 0;
+
+    buf[0] = '\0';
+    for (unsigned i = 0; cmd->words[i] != NULL && n < len; i++)
+        n += (size_t)snprintf(buf + n, len - n, "%s\"%s\"",
+                              i == 0                      ? ""
+                              : cmd->words[i + 1] == NULL ? " or "
+                                                          : ", ",
+                              cmd->words[i]);
+}
+
+static int conf_enum_set(conf_ctx_t *cx, const conf_cmd_t *cmd, const config_setting_t *s)
+{
+    char words[256];
+    const char *v;
+
+    conf_enum_list(cmd, words, sizeof(words));
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return conf_error(cx, s, "%s: expected a string, got %s; use %s", cmd->name,
+                          conf_type_name(s), words);
+    v = config_setting_get_string(s);
+    for (int i = 0; cmd->words[i] != NULL; i++) {
+        if (strcmp(v, cmd->words[i]) == 0) {
+            *CONF_FIELD(cx->c, cmd, int) = i;
+            return CR_OK;
+        }
+    }
+    return conf_error(cx, s, "%s: \"%.64s\" is not valid; use %s", cmd->name, v, words);
+}
+
+static int conf_enum_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
+{
+    *CONF_FIELD(cx->c, cmd, int) = (int)cmd->def;
+    return CR_OK;
+}
+
+static void conf_enum_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
+{
+    fprintf(out, "%s = \"%s\";\n", cmd->name, cmd->words[*CONF_FIELD(c, cmd, const int)]);
+}
+
+static const conf_type_t conf_type_enum = {conf_enum_set, conf_enum_init, conf_enum_dump,
+                                           conf_same_mem};
 
 /* listen: list or array of "host:port", "[v6]:port", "unix:path" */
 
@@ -1149,6 +1571,287 @@ static bool conf_listen_same(const cr_listen_conf_t *a, const cr_listen_conf_t *
     }
 }
 
+/* A listener's TLS files must be readable now: a typo or a permission is a
+ * -t error, not an acceptor that fails after the reload was taken. Opened
+ * (not access(2)) so that ACLs and security modules have their say; O_NONBLOCK
+ * so that a FIFO given by mistake cannot hang the load. */
+static int conf_tls_file(conf_ctx_t *cx, const config_setting_t *m, const char *addr,
+                         char *dst)
+{
+    const char *name = config_setting_name(m), *v;
+    struct stat st;
+    int fd;
+
+    if (config_setting_type(m) != CONFIG_TYPE_STRING)
+        return conf_error(cx, m,
+                          "listen: \"%s\": tls: %s: expected a string (a file path), got "
+                          "%s",
+                          addr, name, conf_type_name(m));
+    v = config_setting_get_string(m);
+    if (v[0] == '\0') {
+        if (strcmp(name, "client_ca") == 0) { /* "" = none */
+            dst[0] = '\0';
+            return CR_OK;
+        }
+        return conf_error(
+            cx, m, "listen: \"%s\": tls: %s: the path is empty; give the PEM %s", addr,
+            name,
+            strcmp(name, "cert") == 0 ? "certificate chain file" : "private key file");
+    }
+    if (conf_resolve(cx->c->prefix, v, dst, PATH_MAX) != CR_OK)
+        return conf_error(cx, m,
+                          "listen: \"%s\": tls: %s: the path is too long once resolved "
+                          "against the prefix %s (the limit is %d bytes); use a shorter "
+                          "path",
+                          addr, name, cx->c->prefix, PATH_MAX - 1);
+    fd = open(dst, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd == -1) {
+        int e = errno;
+        return conf_error(
+            cx, m, "listen: \"%s\": tls: %s %s: %s; %s", addr, name, dst, strerror(e),
+            e == EACCES   ? "make it readable by the user crunchd runs as"
+            : v[0] == '/' ? "check the path"
+                          : "check the path (a relative path is under the prefix)");
+    }
+    if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return conf_error(cx, m,
+                          "listen: \"%s\": tls: %s %s: not a regular file; give the "
+                          "PEM file itself",
+                          addr, name, dst);
+    }
+    close(fd);
+    return CR_OK;
+}
+
+/* tls = { cert = ...; key = ...; client_ca = ...; verify_client = ...; } */
+static int conf_listen_tls(conf_ctx_t *cx, const config_setting_t *t, cr_listen_conf_t *l)
+{
+    static const char *const keys[] = {"cert", "key", "client_ca", "verify_client", NULL};
+    const config_setting_t *verify = NULL;
+    cr_tls_conf_t *tls = &l->tls;
+    bool have_cert = false, have_key = false;
+    int n;
+
+    if (config_setting_type(t) != CONFIG_TYPE_GROUP)
+        return conf_error(cx, t,
+                          "listen: \"%s\": tls: expected a group, got %s; write tls = { "
+                          "cert = \"server.pem\"; key = \"server.key\"; };",
+                          l->text, conf_type_name(t));
+    n = config_setting_length(t);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *m = config_setting_get_elem(t, (unsigned)i);
+        const char *name = config_setting_name(m), *near;
+
+        if (strcmp(name, "cert") == 0) {
+            if (conf_tls_file(cx, m, l->text, tls->cert) != CR_OK)
+                return CR_ERROR;
+            have_cert = true;
+        } else if (strcmp(name, "key") == 0) {
+            if (conf_tls_file(cx, m, l->text, tls->key) != CR_OK)
+                return CR_ERROR;
+            have_key = true;
+        } else if (strcmp(name, "client_ca") == 0) {
+            if (conf_tls_file(cx, m, l->text, tls->client_ca) != CR_OK)
+                return CR_ERROR;
+        } else if (strcmp(name, "verify_client") == 0) {
+            if (config_setting_type(m) != CONFIG_TYPE_BOOL)
+                return conf_error(
+                    cx, m,
+                    "listen: \"%s\": tls: verify_client: expected true or "
+                    "false, got %s; write verify_client = true; (no quotes)",
+                    l->text, conf_type_name(m));
+            tls->verify_client = config_setting_get_bool(m) != 0;
+            verify = m;
+        } else if ((near = conf_suggest(name, keys)) != NULL) {
+            return conf_error(cx, m,
+                              "listen: \"%s\": tls: unknown key \"%s\"; did you mean "
+                              "\"%s\"? (tls takes cert, key, client_ca, verify_client)",
+                              l->text, name, near);
+        } else {
+            return conf_error(cx, m,
+                              "listen: \"%s\": tls: unknown key \"%s\"; tls takes cert, "
+                              "key, client_ca, verify_client",
+                              l->text, name);
+        }
+    }
+    if (!have_cert || !have_key)
+        return conf_error(cx, t,
+                          "listen: \"%s\": tls: %s is missing; add %s = \"%s\"; (the PEM "
+                          "%s)",
+                          l->text, have_cert ? "key" : "cert", have_cert ? "key" : "cert",
+                          have_cert ? "server.key" : "server.pem",
+                          have_cert ? "private key" : "certificate chain");
+    if (tls->verify_client && tls->client_ca[0] == '\0')
+        return conf_error(
+            cx, verify,
+            "listen: \"%s\": tls: verify_client = true needs client_ca, the "
+            "CA bundle that signs client certificates; add client_ca = "
+            "\"ca.pem\";",
+            l->text);
+    tls->on = true;
+    return CR_OK;
+}
+
+/* A unix socket's mode: a string of octal digits ("0660"), or an integer
+ * written in octal (0660) or hex. A decimal integer is refused: "660" meant
+ * as octal would be a very different mode. */
+static int conf_listen_mode(conf_ctx_t *cx, const config_setting_t *m, unsigned elem,
+                            cr_listen_conf_t *l)
+{
+#define MODE_FIX "write it in octal, like \"0660\" (owner and group read and write)"
+    const conf_rec_t *big = NULL, *oct;
+    long long v = 0;
+    char shown[40];
+
+    if (config_setting_type(m) == CONFIG_TYPE_STRING) {
+        const char *str = config_setting_get_string(m), *p = str;
+
+        if (*p == '\0')
+            return conf_error(cx, m, "listen: \"%s\": mode \"\" is empty; " MODE_FIX,
+                              l->text);
+        for (; *p; p++) {
+            if (*p < '0' || *p > '7')
+                return conf_error(cx, m,
+                                  "listen: \"%s\": mode \"%.32s\" is not an octal "
+                                  "number; " MODE_FIX,
+                                  l->text, str);
+            if (v <= 07777)
+                v = v * 8 + (*p - '0');
+        }
+        snprintf(shown, sizeof(shown), "\"%.32s\"", str);
+    } else if ((oct = conf_rec_find(cx, m, CONF_REC_OCTAL, elem)) != NULL) {
+        if (!oct->fits)
+            return conf_error(cx, m,
+                              "listen: \"%s\": mode %s is not an octal number; " MODE_FIX,
+                              l->text, oct->text);
+        v = oct->value;
+        snprintf(shown, sizeof(shown), "%s", oct->text);
+    } else {
+        switch (conf_get_int(cx, m, &v, &big)) {
+        case CR_ERROR:
+            return conf_error(
+                cx, m, "listen: \"%s\": mode: expected a string, got %s; " MODE_FIX,
+                l->text, conf_type_name(m));
+        case CR_AGAIN:
+            return conf_error(cx, m, "listen: \"%s\": mode %s is out of range; " MODE_FIX,
+                              l->text, big->text);
+        }
+        if (v != 0 && config_setting_get_format(m) != CONFIG_FORMAT_HEX)
+            return conf_error(cx, m,
+                              "listen: \"%s\": mode %lld is a decimal number; write the "
+                              "mode in octal with a leading zero, like 0660, or as a "
+                              "string, like \"0660\"",
+                              l->text, v);
+        if (v < 0)
+            snprintf(shown, sizeof(shown), "-0x%llx", 0ull - (unsigned long long)v);
+        else
+            snprintf(shown, sizeof(shown), "0x%llx", (unsigned long long)v);
+    }
+    if (v < 0 || v > 07777)
+        return conf_error(cx, m,
+                          "listen: \"%s\": mode %s is out of range; use a mode from 0 to "
+                          "07777, like \"0660\"",
+                          l->text, shown);
+    l->mode = (int)v;
+    return CR_OK;
+#undef MODE_FIX
+}
+
+/* { address = ...; tls = { ... }; mode = ...; group = ...; } */
+static int conf_listen_group(conf_ctx_t *cx, const config_setting_t *e, unsigned elem,
+                             unsigned line, cr_listen_conf_t *l)
+{
+    static const char *const keys[] = {"address", "tls", "mode", "group", NULL};
+    const config_setting_t *addr = NULL, *tls = NULL, *mode = NULL, *grp = NULL;
+    int n = config_setting_length(e);
+    const char *str;
+
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *m = config_setting_get_elem(e, (unsigned)i);
+        const char *name = config_setting_name(m), *near;
+
+        if (strcmp(name, "address") == 0)
+            addr = m;
+        else if (strcmp(name, "tls") == 0)
+            tls = m;
+        else if (strcmp(name, "mode") == 0)
+            mode = m;
+        else if (strcmp(name, "group") == 0)
+            grp = m;
+        else if ((near = conf_suggest(name, keys)) != NULL)
+            return conf_error(cx, m,
+                              "listen: unknown key \"%s\"; did you mean \"%s\"? (a "
+                              "listener takes address, tls, mode, group)",
+                              name, near);
+        else
+            return conf_error(
+                cx, m,
+                "listen: unknown key \"%s\"; a listener takes address, tls, "
+                "mode, group",
+                name);
+    }
+    if (addr == NULL)
+        return conf_error_line(cx, e, line,
+                               "listen: this listener has no address; add address = "
+                               "\"127.0.0.1:50051\"; (or \"unix:/path\")");
+    line = (unsigned)config_setting_source_line(addr);
+    if (config_setting_type(addr) != CONFIG_TYPE_STRING)
+        return conf_error(cx, addr,
+                          "listen: address: expected a string like \"127.0.0.1:50051\", "
+                          "got %s",
+                          conf_type_name(addr));
+    str = config_setting_get_string(addr);
+    if (strlen(str) >= sizeof(l->text))
+        return conf_error(
+            cx, addr, "listen: the address \"%.32s...\" is too long (at most %zu bytes)",
+            str, sizeof(l->text) - 1);
+    strcpy(l->text, str);
+    l->line = (int)line;
+    if (conf_listen_parse(cx, addr, line, l) != CR_OK)
+        return CR_ERROR;
+
+    if (tls != NULL) {
+        if (l->kind != CR_LISTEN_TCP)
+            return conf_error(cx, tls,
+                              "listen: \"%s\": tls is for TCP addresses only; remove it "
+                              "(limit who may connect to a unix socket with mode and "
+                              "group)",
+                              l->text);
+        if (conf_listen_tls(cx, tls, l) != CR_OK)
+            return CR_ERROR;
+    }
+    if (mode != NULL) {
+        if (l->kind != CR_LISTEN_UNIX)
+            return conf_error(cx, mode,
+                              "listen: \"%s\": mode is for unix: sockets only; remove it",
+                              l->text);
+        if (conf_listen_mode(cx, mode, elem, l) != CR_OK)
+            return CR_ERROR;
+    }
+    if (grp != NULL) {
+        char what[sizeof(l->text) + 32];
+
+        if (l->kind != CR_LISTEN_UNIX)
+            return conf_error(
+                cx, grp, "listen: \"%s\": group is for unix: sockets only; remove it",
+                l->text);
+        snprintf(what, sizeof(what), "listen: \"%s\": group", l->text);
+        if (config_setting_type(grp) != CONFIG_TYPE_STRING)
+            return conf_error(cx, grp, "%s: expected a string (a group name), got %s",
+                              what, conf_type_name(grp));
+        str = config_setting_get_string(grp);
+        if (str[0] == '\0')
+            return conf_error(
+                cx, grp, "%s: the name is empty; name a group, or remove group", what);
+        if (conf_account_check(cx, grp, (unsigned)config_setting_source_line(grp), what,
+                               true, str, sizeof(l->group)) != CR_OK)
+            return CR_ERROR;
+        strcpy(l->group, str);
+    }
+    return CR_OK;
+}
+
 static int conf_listen_set(conf_ctx_t *cx, const conf_cmd_t *cmd,
                            const config_setting_t *s)
 {
@@ -1177,21 +1880,29 @@ static int conf_listen_set(conf_ctx_t *cx, const conf_cmd_t *cmd,
         const char *str;
 
         memset(l, 0, sizeof(*l));
-        if (config_setting_type(e) != CONFIG_TYPE_STRING)
-            return conf_error_line(cx, e, line,
-                                   "listen: expected a string like "
-                                   "\"127.0.0.1:50051\", got %s",
-                                   conf_type_name(e));
-        str = config_setting_get_string(e);
-        if (strlen(str) >= sizeof(l->text))
-            return conf_error_line(cx, e, line,
-                                   "listen: the address \"%.32s...\" is too long "
-                                   "(at most %zu bytes)",
-                                   str, sizeof(l->text) - 1);
-        strcpy(l->text, str);
-        l->line = (int)line;
-        if (conf_listen_parse(cx, e, line, l) != CR_OK)
-            return CR_ERROR;
+        l->mode = -1;
+        if (config_setting_type(e) == CONFIG_TYPE_GROUP) {
+            if (conf_listen_group(cx, e, (unsigned)i, line, l) != CR_OK)
+                return CR_ERROR;
+            line = (unsigned)l->line;
+        } else if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            return conf_error_line(
+                cx, e, line,
+                "listen: expected a string like \"127.0.0.1:50051\" or "
+                "a group like { address = \"127.0.0.1:50051\"; }, got %s",
+                conf_type_name(e));
+        } else {
+            str = config_setting_get_string(e);
+            if (strlen(str) >= sizeof(l->text))
+                return conf_error_line(cx, e, line,
+                                       "listen: the address \"%.32s...\" is too long "
+                                       "(at most %zu bytes)",
+                                       str, sizeof(l->text) - 1);
+            strcpy(l->text, str);
+            l->line = (int)line;
+            if (conf_listen_parse(cx, e, line, l) != CR_OK)
+                return CR_ERROR;
+        }
         for (int j = 0; j < i; j++) {
             if (conf_listen_same(&c->listen[j], l))
                 return conf_error_line(cx, e, line,
@@ -1211,26 +1922,100 @@ static int conf_listen_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
     return CR_OK;
 }
 
+/* Does a listener have more than an address (then -T prints the group form)? */
+static bool conf_listen_is_group(const cr_listen_conf_t *l)
+{
+    return l->tls.on || l->mode != -1 || l->group[0] != '\0';
+}
+
+static void conf_dump_str(FILE *out, const char *indent, const char *name, const char *v)
+{
+    fprintf(out, "%s%s = \"", indent, name);
+    conf_put_escaped(out, v);
+    fputs("\";\n", out);
+}
+
 static void conf_listen_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
 {
-    fprintf(out, "%s = [%s", cmd->name, c->nlisten ? "\n" : "");
+    bool groups = false;
+
+    /* A group cannot sit in an array [ ]: use a list ( ) when there is one. */
+    for (unsigned i = 0; i < c->nlisten; i++)
+        groups = groups || conf_listen_is_group(&c->listen[i]);
+    fprintf(out, "%s = %c%s", cmd->name, groups ? '(' : '[', c->nlisten ? "\n" : "");
     for (unsigned i = 0; i < c->nlisten; i++) {
         const cr_listen_conf_t *l = &c->listen[i];
-        fputs("    \"", out);
-        conf_put_escaped(out, l->text);
-        fputs(i + 1 < c->nlisten ? "\"," : "\"", out);
+        const char *comma = i + 1 < c->nlisten ? "," : "";
         /* Relative unix paths depend on the prefix: show where it points. */
-        if (l->kind == CR_LISTEN_UNIX && strcmp(l->text + 5, l->path) != 0) {
+        bool where = l->kind == CR_LISTEN_UNIX && strcmp(l->text + 5, l->path) != 0;
+
+        if (!conf_listen_is_group(l)) {
+            fputs("    \"", out);
+            conf_put_escaped(out, l->text);
+            fprintf(out, "\"%s", comma);
+        } else {
+            fputs("    {\n        address = \"", out);
+            conf_put_escaped(out, l->text);
+            fputs("\";", out);
+        }
+        if (where) {
             fputs("  # ", out);
             conf_put_escaped(out, l->path);
         }
         fputc('\n', out);
+        if (!conf_listen_is_group(l))
+            continue;
+        if (l->tls.on) {
+            fputs("        tls = {\n", out);
+            conf_dump_str(out, "            ", "cert", l->tls.cert);
+            conf_dump_str(out, "            ", "key", l->tls.key);
+            if (l->tls.client_ca[0] != '\0')
+                conf_dump_str(out, "            ", "client_ca", l->tls.client_ca);
+            fprintf(out, "            verify_client = %s;\n        };\n",
+                    l->tls.verify_client ? "true" : "false");
+        }
+        if (l->mode != -1)
+            fprintf(out, "        mode = \"%04o\";\n", (unsigned)l->mode);
+        if (l->group[0] != '\0')
+            conf_dump_str(out, "        ", "group", l->group);
+        fprintf(out, "    }%s\n", comma);
     }
-    fputs(c->nlisten ? "];\n" : " ];\n", out);
+    fprintf(out, "%s%c;\n", c->nlisten ? "" : " ", groups ? ')' : ']');
+}
+
+static bool conf_listen_entry_same(const cr_listen_conf_t *x, const cr_listen_conf_t *y)
+{
+    const cr_tls_conf_t *a = &x->tls, *b = &y->tls;
+
+    if (strcmp(x->text, y->text) != 0 || strcmp(x->path, y->path) != 0 ||
+        x->mode != y->mode || strcmp(x->group, y->group) != 0 || a->on != b->on)
+        return false;
+    return !a->on || (strcmp(a->cert, b->cert) == 0 && strcmp(a->key, b->key) == 0 &&
+                      strcmp(a->client_ca, b->client_ca) == 0 &&
+                      a->verify_client == b->verify_client);
+}
+
+/* The same listeners, in any order (addresses are unique within a file). */
+static bool conf_listen_same_set(const cr_conf_t *a, const cr_conf_t *b,
+                                 const conf_cmd_t *cmd)
+{
+    (void)cmd;
+    if (a->nlisten != b->nlisten)
+        return false;
+    for (unsigned i = 0; i < a->nlisten; i++) {
+        unsigned j;
+        for (j = 0; j < b->nlisten; j++) {
+            if (conf_listen_entry_same(&a->listen[i], &b->listen[j]))
+                break;
+        }
+        if (j == b->nlisten)
+            return false;
+    }
+    return true;
 }
 
 static const conf_type_t conf_type_listen = {conf_listen_set, conf_listen_init,
-                                             conf_listen_dump};
+                                             conf_listen_dump, conf_listen_same_set};
 
 /* --- loading ---------------------------------------------------------------- */
 
@@ -1242,9 +2027,17 @@ static int conf_defaults(conf_ctx_t *cx, const char *prefix)
     if (conf_set_prefix(cx, prefix) != CR_OK)
         return CR_ERROR;
     for (unsigned i = 0; i < cr_nelem(conf_cmds); i++) {
+        /* Every row says what a reload changing it must do (cr_conf_diff),
+         * and an integer row is as wide as conf_uint_store can write. */
+        cr_assert(conf_cmds[i].change != 0);
+        cr_assert(conf_cmds[i].type != &conf_type_uint ||
+                  conf_cmds[i].width == sizeof(unsigned) ||
+                  conf_cmds[i].width == sizeof(uint64_t));
         if (conf_cmds[i].type->init(cx, &conf_cmds[i]) != CR_OK)
             return CR_ERROR;
     }
+    /* Follows max_payload unless set: room for the Task around the payload. */
+    c->max_receive_message = c->max_payload + RECEIVE_SLACK;
     return CR_OK;
 }
 
@@ -1263,7 +2056,7 @@ static unsigned conf_cmd_index(size_t offset)
     unsigned i;
 
     for (i = 0; i < cr_nelem(conf_cmds); i++) {
-        if (conf_cmds[i].offset == offset && conf_cmds[i].type != &conf_type_listen)
+        if (conf_cmds[i].offset == offset)
             break;
     }
     cr_assert(i < cr_nelem(conf_cmds));
@@ -1295,6 +2088,36 @@ static int conf_check(conf_ctx_t *cx)
                              conf_size_text(c->max_payload * 2, need, sizeof(need)),
                              conf_size_text(c->shm_size / 2, most, sizeof(most)));
     }
+
+    /* A message carries the payload plus the Task's other fields. */
+    at = conf_cmd_index(CONF_OFF(max_receive_message));
+    c->max_receive_message_set = cx->lines[at] != 0;
+    if (!c->max_receive_message_set) {
+        c->max_receive_message = c->max_payload + RECEIVE_SLACK;
+    } else if (c->max_receive_message < c->max_payload + RECEIVE_MIN_SLACK) {
+        return conf_error_at(
+            cx, cx->files[at], cx->lines[at],
+            "max_receive_message: %s is less than max_payload (%s) + %u bytes; raise "
+            "max_receive_message to at least %" PRIu64 ", or remove it (it defaults to "
+            "max_payload + 4k)",
+            conf_size_text(c->max_receive_message, mp, sizeof(mp)),
+            conf_size_text(c->max_payload, shm, sizeof(shm)), RECEIVE_MIN_SLACK,
+            c->max_payload + RECEIVE_MIN_SLACK);
+    }
+
+    /* gRPC waits keepalive_timeout_ms for a ping's answer, and pings every
+     * keepalive_time_ms: the wait must end before the next ping. */
+    if (c->keepalive_timeout_ms >= c->keepalive_time_ms) {
+        at = conf_cmd_index(CONF_OFF(keepalive_timeout_ms));
+        if (cx->lines[at] == 0)
+            at = conf_cmd_index(CONF_OFF(keepalive_time_ms));
+        return conf_error_at(
+            cx, cx->files[at], cx->lines[at],
+            "keepalive_timeout_ms (%u) must be less than "
+            "keepalive_time_ms (%u); lower keepalive_timeout_ms or raise "
+            "keepalive_time_ms",
+            c->keepalive_timeout_ms, c->keepalive_time_ms);
+    }
     return CR_OK;
 }
 
@@ -1310,15 +2133,26 @@ static int conf_apply(conf_ctx_t *cx, const config_t *cfg)
         unsigned best_d = UINT_MAX, k;
 
         for (k = 0; k < cr_nelem(conf_cmds); k++) {
-            unsigned dist = conf_distance(name, conf_cmds[k].name);
+            const char *cn = conf_cmds[k].name;
+            size_t len = strlen(name);
+            unsigned dist = conf_distance(name, cn);
+
             if (dist == 0)
                 break;
+            /* "task_timeout" for task_timeout_ms: the unit is part of the name. */
+            if (strncmp(name, cn, len) == 0 && strcmp(cn + len, "_ms") == 0)
+                dist = 1;
             if (dist < best_d) {
                 best_d = dist;
                 best = &conf_cmds[k];
             }
         }
         if (k == cr_nelem(conf_cmds)) {
+            if (strcmp(name, "tls") == 0)
+                return conf_error(cx, s,
+                                  "unknown setting \"tls\"; TLS is set per listener: "
+                                  "listen = ( { address = \"127.0.0.1:50051\"; tls = { "
+                                  "cert = \"server.pem\"; key = \"server.key\"; }; } );");
             if (best_d <= 2)
                 return conf_error(
                     cx, s, "unknown setting \"%s\"; did you mean \"%s\"? (" CONF_SEE ")",
@@ -1376,8 +2210,16 @@ static int conf_load_text(conf_ctx_t *cx, const char *text)
             hint = "; check the quotes, '=' and brackets on this line and the one before";
         /* The error file is NULL for the main text, the path as written for
          * an include (conf_file resolves it). */
-        conf_error_at(cx, config_error_file(&cfg), (unsigned)config_error_line(&cfg),
-                      "syntax error: %s%s", what, hint);
+        if (cx->group_in_array_line != 0 &&
+            cx->group_in_array_line == (unsigned)config_error_line(&cfg) &&
+            conf_same_file(cx->group_in_array_file, config_error_file(&cfg)))
+            conf_error_at(cx, config_error_file(&cfg), cx->group_in_array_line,
+                          "syntax error: a group { } cannot be an element of an array "
+                          "[ ]; use a list ( ) instead, like listen = ( { address = "
+                          "\"127.0.0.1:50051\"; } );");
+        else
+            conf_error_at(cx, config_error_file(&cfg), (unsigned)config_error_line(&cfg),
+                          "syntax error: %s%s", what, hint);
         goto done;
     }
     /* libconfig takes an open comment as running to the end of the file and
@@ -1495,6 +2337,35 @@ done:
     return rc;
 }
 
+unsigned cr_conf_diff(const cr_conf_t *old, const cr_conf_t *new_, char *names,
+                      size_t len)
+{
+    unsigned mask = 0;
+    size_t n = 0;
+    bool cut = names == NULL || len == 0;
+
+    if (!cut)
+        names[0] = '\0';
+    for (unsigned i = 0; i < cr_nelem(conf_cmds); i++) {
+        const conf_cmd_t *cmd = &conf_cmds[i];
+        const char *sep = n > 0 ? ", " : "";
+
+        if (cmd->type->same(old, new_, cmd))
+            continue;
+        mask |= cmd->change;
+        if (cut)
+            continue;
+        /* A name that does not fit ends the list with "...", cut to fit. */
+        if (n + strlen(sep) + strlen(cmd->name) < len) {
+            n += (size_t)snprintf(names + n, len - n, "%s%s", sep, cmd->name);
+        } else {
+            snprintf(names + n, len - n, "%s...", sep);
+            cut = true;
+        }
+    }
+    return mask;
+}
+
 void cr_conf_dump(const cr_conf_t *c, FILE *out)
 {
     fputs(
@@ -1504,6 +2375,15 @@ void cr_conf_dump(const cr_conf_t *c, FILE *out)
     fputs("\n# prefix: ", out);
     conf_put_escaped(out, c->prefix);
     fputc('\n', out);
-    for (unsigned i = 0; i < cr_nelem(conf_cmds); i++)
+    for (unsigned i = 0; i < cr_nelem(conf_cmds); i++) {
+        /* Unset, it follows max_payload: a value here would pin it on reload. */
+        if (conf_cmds[i].offset == CONF_OFF(max_receive_message) &&
+            !c->max_receive_message_set) {
+            fprintf(out,
+                    "# max_receive_message = %" PRIu64 ";  # not set: max_payload + 4k\n",
+                    c->max_receive_message);
+            continue;
+        }
         conf_cmds[i].type->dump(c, &conf_cmds[i], out);
+    }
 }

@@ -14,14 +14,32 @@ typedef enum {
     CR_LISTEN_UNIX,    /* "unix:/path" (relative paths are under the prefix) */
 } cr_listen_kind_t;
 
+/* TLS on a listener (gRPC binds such a listener itself, with SO_REUSEPORT,
+ * inside each acceptor: DESIGN section 2). */
+typedef struct {
+    bool on;
+    char cert[PATH_MAX];      /* PEM certificate chain (absolute) */
+    char key[PATH_MAX];       /* PEM private key (absolute) */
+    char client_ca[PATH_MAX]; /* PEM CA bundle for client certificates, "" = none */
+    bool verify_client;       /* require and verify a client certificate (mTLS) */
+} cr_tls_conf_t;
+
 typedef struct {
     cr_listen_kind_t kind;
-    char text[512];                /* as written in the file, for logs and -T */
+    char text[512];                /* the address as written, for logs and -T */
     struct sockaddr_storage addr;  /* resolved numeric address (no DNS) */
     socklen_t addrlen;
     char path[108];                /* unix: resolved path */
     int line;                      /* line in the config file */
+    cr_tls_conf_t tls;             /* TCP only */
+    int mode;                      /* unix: file mode to chmod to, -1 = leave */
+    char group[64];                /* unix: group to chown to, "" = leave */
 } cr_listen_conf_t;
+
+typedef enum {
+    CR_AFFINITY_OFF = 0,
+    CR_AFFINITY_AUTO,              /* worker i on CPU i mod online CPUs */
+} cr_affinity_t;
 
 typedef struct {
     char file[PATH_MAX];      /* absolute path of the config file */
@@ -40,7 +58,53 @@ typedef struct {
     char pid_file[PATH_MAX];  /* absolute, "" = none; default "crunchd.pid" */
     char error_log[PATH_MAX]; /* "stderr" or absolute path; default "stderr" */
     int log_level;            /* cr_log_level_t, default notice */
+    char access_log[PATH_MAX];/* absolute path, "" = off (default) */
+
+    /* supervision (worker-level on reload) */
+    unsigned task_retries;        /* 0..5, default 0 */
+    unsigned task_timeout_ms;     /* 0 = off, ..86400000, default 30000 */
+    unsigned worker_max_tasks;    /* 0 = off, ..4294967295, default 0 */
+    unsigned respawn_burst;       /* 1..1000, default 5 */
+    unsigned respawn_window_ms;   /* 100..3600000, default 10000 */
+    uint64_t worker_rlimit_nofile;/* 0 = leave, ..1048576 */
+    int64_t worker_rlimit_core;   /* -1 = leave (default), else bytes ("0", "1g", "unlimited" = INT64_MAX) */
+    cr_affinity_t worker_cpu_affinity; /* "off" (default) or "auto" */
+
+    /* reload and stop (master-level) */
+    unsigned shutdown_timeout_ms;      /* drain cap, 1000..3600000, default 60000 */
+    unsigned max_draining_generations; /* 1..64, default 4 */
+
+    /* gRPC channel (acceptor-level) */
+    uint64_t max_receive_message;      /* bytes, 1k..2g-1, default max_payload + 4k */
+    bool max_receive_message_set;      /* given in the file (else follows max_payload) */
+    unsigned max_concurrent_streams;   /* 1..1000000, default 1000 */
+    unsigned keepalive_time_ms;        /* 1000..86400000, default 7200000 */
+    unsigned keepalive_timeout_ms;     /* 1000..3600000, default 20000 */
+    unsigned max_connection_idle_ms;   /* 0 = off (default), ..86400000 */
+    unsigned max_connection_age_ms;    /* 1000..86400000, default 30000 */
+    unsigned max_connection_age_grace_ms; /* 0..3600000, default 10000 */
+    unsigned stream_max_pending;       /* results waiting to be sent per stream, 1..1000000, default 1024 */
+
+    /* updates feed (Submit/Updates) */
+    unsigned updates_capacity;         /* results waiting for a subscriber, 1..1048576, default 65536 */
+
+    /* process (master-level; need a restart to change) */
+    bool daemon;                       /* default false */
+    char user[64];                     /* "" = stay (default) */
+    char group[64];                    /* "" = the user's primary group */
 } cr_conf_t;
+
+/* What a reload with a changed setting has to do (DESIGN section 5). */
+#define CR_CHANGE_MASTER   0x1u /* master only: log_level, error_log, pid_file, access_log path... */
+#define CR_CHANGE_WORKER   0x2u /* new workers, same region and acceptors */
+#define CR_CHANGE_ACCEPTOR 0x4u /* a new generation: region, acceptors, workers */
+#define CR_CHANGE_RESTART  0x8u /* cannot change without a restart (daemon, user, group) */
+
+/* Compare two loaded configurations. Returns a mask of CR_CHANGE_* (0 = same)
+ * and, when names is not NULL, writes the changed setting names into it
+ * ("workers, max_connection_age_ms"), for the reload log line. */
+unsigned cr_conf_diff(const cr_conf_t *old, const cr_conf_t *new_, char *names,
+                      size_t len);
 
 /* Fill `c` with every default (prefix as given, no listeners). */
 void cr_conf_defaults(cr_conf_t *c, const char *prefix);

@@ -2,7 +2,9 @@
 # file names FILE:LINE, -t never binds or writes, -T prints a config that is
 # itself valid, and a broken config at start leaves nothing behind.
 
+import grp
 import os
+import pwd
 import re
 import socket
 
@@ -90,6 +92,63 @@ BROKEN = [
     ("listen-empty", ["listen = [ ];"], r"listen"),
     ("duplicate-setting", ["workers = 2;", "workers = 3;"], r"duplicate|twice"),
     ("syntax-error", ["workers = [;"], r""),
+    # supervision
+    ("task_timeout_ms-too-big", ["task_timeout_ms = 86400001;"], r"task_timeout_ms.*86400000"),
+    ("task_timeout-without-ms", ["task_timeout = 5;"], r"task_timeout_ms"),
+    ("task_retries-6", ["task_retries = 6;"], r"task_retries.*0 to 5"),
+    ("worker_max_tasks-2^32", ["worker_max_tasks = 4294967296;"], r"4294967295"),
+    ("respawn_burst-0", ["respawn_burst = 0;"], r"respawn_burst.*1 to 1000"),
+    ("respawn_window_ms-99", ["respawn_window_ms = 99;"], r"respawn_window_ms.*100"),
+    ("worker_rlimit_nofile-too-big", ["worker_rlimit_nofile = 1048577;"], r"1048576"),
+    ("worker_rlimit_core-word", ['worker_rlimit_core = "infinity";'], r"unlimited"),
+    ("worker_rlimit_core-minus-2", ["worker_rlimit_core = -2;"], r"worker_rlimit_core"),
+    ("worker_cpu_affinity-on", ['worker_cpu_affinity = "on";'], r'"off" or "auto"'),
+    ("shutdown_timeout_ms-999", ["shutdown_timeout_ms = 999;"], r"shutdown_timeout_ms.*1000"),
+    ("max_draining_generations-0", ["max_draining_generations = 0;"], r"1 to 64"),
+    # gRPC channel
+    ("max_receive_message-below-payload", ['max_receive_message = "1m";'],
+     r"max_receive_message.*max_payload"),
+    ("max_receive_message-too-big", ['max_receive_message = "2g";'], r"2147483647"),
+    ("max_concurrent_streams-0", ["max_concurrent_streams = 0;"], r"max_concurrent_streams"),
+    ("keepalive-timeout-not-less", ["keepalive_time_ms = 10000;", "keepalive_timeout_ms = 10000;"],
+     r"keepalive_timeout_ms.*less than keepalive_time_ms"),
+    ("keepalive-time-below-default-timeout", ["keepalive_time_ms = 20000;"],
+     r"keepalive_time_ms"),
+    ("max_connection_age_ms-0", ["max_connection_age_ms = 0;"], r"max_connection_age_ms.*1000"),
+    ("max_connection_idle_ms-float", ["max_connection_idle_ms = 1.5;"], r"float"),
+    ("max_connection_age_grace_ms-negative", ["max_connection_age_grace_ms = -1;"], r"-1"),
+    ("stream_max_pending-0", ["stream_max_pending = 0;"], r"stream_max_pending"),
+    ("updates_capacity-too-big", ["updates_capacity = 1048577;"], r"updates_capacity.*1048576"),
+    # files and process
+    ("access_log-bool", ["access_log = true;"], r"access_log.*off"),
+    ("daemon-yes", ['daemon = "yes";'], r"daemon: expected true or false.*daemon = true"),
+    ("daemon-1", ["daemon = 1;"], r"true or false"),
+    ("user-unknown", ['user = "crunchd-no-such-user";'], r"no user \"crunchd-no-such-user\""),
+    ("group-unknown", ['group = "crunchd-no-such-group";'], r"crunchd-no-such-group"),
+    # listen groups
+    ("listen-tls-missing-files",
+     ['listen = ( { address = "127.0.0.1:%s"; tls = { cert = "nope.pem"; key = "nope.key"; }; } );' % P],
+     r"nope\.pem: No such file"),
+    ("listen-tls-verify-without-ca",
+     ['listen = ( { address = "127.0.0.1:%s"; tls = { cert = "/etc/passwd"; key = "/etc/passwd"; '
+      'verify_client = true; }; } );' % P], r"client_ca"),
+    ("listen-tls-unknown-key",
+     ['listen = ( { address = "127.0.0.1:%s"; tls = { certs = "a.pem"; }; } );' % P],
+     r'did you mean "cert"'),
+    ("listen-tls-on-unix",
+     ['listen = ( { address = "unix:x.sock"; tls = { cert = "a"; key = "b"; }; } );'], r"TCP"),
+    ("listen-mode-on-tcp", ['listen = ( { address = "127.0.0.1:%s"; mode = "0660"; } );' % P],
+     r"unix"),
+    ("listen-mode-decimal", ['listen = ( { address = "unix:x.sock"; mode = 660; } );'], r"octal"),
+    ("listen-mode-not-octal", ['listen = ( { address = "unix:x.sock"; mode = "0980"; } );'],
+     r"0980"),
+    ("listen-group-unknown",
+     ['listen = ( { address = "unix:x.sock"; group = "crunchd-no-such-group"; } );'],
+     r"crunchd-no-such-group"),
+    ("listen-unknown-key", ['listen = ( { adress = "127.0.0.1:%s"; } );' % P],
+     r'did you mean "address"'),
+    ("listen-no-address", ['listen = ( { mode = "0660"; } );'], r"no address"),
+    ("listen-group-in-array", ['listen = [ { address = "127.0.0.1:%s"; } ];' % P], r"\( \)"),
 ]
 
 
@@ -196,6 +255,20 @@ def _size(v):
 SETTINGS = ("listen", "acceptors", "workers", "queue_capacity", "shm_size",
             "max_payload", "queue_wait_ms", "pid_file", "error_log", "log_level")
 
+# The settings that came with supervision, reload and the gRPC surface, and the
+# value -T prints for each when the file does not set it.
+NEW_DEFAULTS = {
+    "task_timeout_ms": "30000", "task_retries": "0", "worker_max_tasks": "0",
+    "respawn_burst": "5", "respawn_window_ms": "10000", "worker_rlimit_nofile": "0",
+    "worker_rlimit_core": "-1", "worker_cpu_affinity": '"off"',
+    "max_concurrent_streams": "1000", "keepalive_time_ms": "7200000",
+    "keepalive_timeout_ms": "20000", "max_connection_idle_ms": "0",
+    "max_connection_age_ms": "30000", "max_connection_age_grace_ms": "10000",
+    "stream_max_pending": "1024", "updates_capacity": "65536",
+    "shutdown_timeout_ms": "60000", "max_draining_generations": "4",
+    "access_log": '"off"', "daemon": "false", "user": '""', "group": '""',
+}
+
 
 def test_T_prints_defaults(tmp_path):
     port = free_port()
@@ -218,6 +291,12 @@ def test_T_prints_defaults(tmp_path):
     assert s["error_log"] == '"stderr"'
     assert '"127.0.0.1:%d"' % port in r.stdout
     assert "crunchd.pid" in s["pid_file"]
+    for k, v in NEW_DEFAULTS.items():
+        assert s.get(k) == v, "-T: %s should be %s, got %r:\n%s" % (k, v, s.get(k), r.stdout)
+    # Unset, max_receive_message follows max_payload: shown, but commented out
+    # so that a dump fed back in still follows it.
+    assert "max_receive_message" not in s, r.stdout
+    assert "# max_receive_message = %d;" % ((4 << 20) + 4096) in r.stdout, r.stdout
 
 
 def test_T_output_is_a_valid_config(tmp_path):
@@ -247,6 +326,75 @@ def test_T_output_is_a_valid_config(tmp_path):
     assert r3.returncode == 0, r3.stderr
     settings_only = lambda t: [l for l in t.splitlines() if not l.lstrip().startswith("#")]  # noqa: E731
     assert settings_only(r3.stdout) == settings_only(r1.stdout), "-T of -T's output differs"
+
+
+def test_T_round_trips_every_new_setting(tmp_path):
+    """Every new setting at a value other than its default, listeners with tls,
+    mode and group: -T prints them, its output loads, and -T of that is the
+    same. (-T starts nothing, so daemon and user are safe to set here.)"""
+    port = free_port()
+    for name in ("server.pem", "server.key", "ca.pem"):
+        (tmp_path / name).write_text("-----BEGIN X-----\nnot checked by -t\n-----END X-----\n")
+    group = grp.getgrgid(os.getgid()).gr_name
+    user = pwd.getpwuid(os.getuid()).pw_name
+    conf = tmp_path / "new.conf"
+    conf.write_text("""\
+listen = (
+  "127.0.0.1:%(port)d",
+  { address = "127.0.0.1:%(tls)d";
+    tls = { cert = "server.pem"; key = "server.key"; client_ca = "ca.pem"; verify_client = true; }; },
+  { address = "unix:crunchd.sock"; mode = 0660; group = "%(group)s"; }
+);
+workers = 2;
+task_timeout_ms = 0;
+task_retries = 2;
+worker_max_tasks = 4294967295;
+respawn_burst = 9;
+respawn_window_ms = 500;
+worker_rlimit_nofile = 4096;
+worker_rlimit_core = "unlimited";
+worker_cpu_affinity = "auto";
+max_receive_message = "8m";
+max_concurrent_streams = 50;
+keepalive_time_ms = 60000;
+keepalive_timeout_ms = 5000;
+max_connection_idle_ms = 120000;
+max_connection_age_ms = 2000;
+max_connection_age_grace_ms = 0;
+stream_max_pending = 7;
+updates_capacity = 100;
+shutdown_timeout_ms = 5000;
+max_draining_generations = 2;
+access_log = "access.log";
+daemon = true;
+user = "%(user)s";
+group = "%(group)s";
+""" % {"port": port, "tls": free_port(), "group": group, "user": user})
+    prefix = str(tmp_path)
+    r1 = run_crunchd(["-T", "-c", str(conf), "-p", prefix])
+    assert r1.returncode == 0, r1.stderr
+    s = _dump_settings(r1.stdout)
+    want = {"task_timeout_ms": "0", "task_retries": "2", "worker_max_tasks": "4294967295",
+            "respawn_burst": "9", "respawn_window_ms": "500", "worker_rlimit_nofile": "4096",
+            "worker_rlimit_core": '"unlimited"', "worker_cpu_affinity": '"auto"',
+            "max_receive_message": str(8 << 20), "max_concurrent_streams": "50",
+            "keepalive_time_ms": "60000", "keepalive_timeout_ms": "5000",
+            "max_connection_idle_ms": "120000", "max_connection_age_ms": "2000",
+            "max_connection_age_grace_ms": "0", "stream_max_pending": "7",
+            "updates_capacity": "100", "shutdown_timeout_ms": "5000",
+            "max_draining_generations": "2", "access_log": '"%s"' % (tmp_path / "access.log"),
+            "daemon": "true", "user": '"%s"' % user, "group": '"%s"' % group}
+    got = {k: s.get(k) for k in want}
+    assert got == want, r1.stdout
+    out = r1.stdout
+    assert "listen = (" in out and 'cert = "%s"' % (tmp_path / "server.pem") in out, out
+    assert "verify_client = true;" in out and 'mode = "0660";' in out, out
+    dumped = tmp_path / "dumped.conf"
+    dumped.write_text(out)
+    r2 = run_crunchd(["-T", "-c", str(dumped), "-p", prefix])
+    assert r2.returncode == 0, "-T output is not a valid config:\n%s\n%s" % (out, r2.stderr)
+    settings_only = lambda t: [l for l in t.splitlines() if not l.lstrip().startswith("#")]  # noqa: E731
+    assert settings_only(r2.stdout) == settings_only(out), "-T of -T's output differs"
 
 
 @pytest.mark.parametrize("extra,regex", [

@@ -13,6 +13,9 @@
 
 #define LISTEN1        "listen = [ \"127.0.0.1:50051\" ];\n"
 #define RANGE_SIZE_SHM "use a size from 64k to 64g"
+#define WANT_ELEM                                                                        \
+    "expected a string like \"127.0.0.1:50051\" or a group like { address = "            \
+    "\"127.0.0.1:50051\"; }, "
 
 static char dir[PATH_MAX];       /* scratch directory, also the prefix */
 static char path[PATH_MAX + 16]; /* dir/crunchd.conf */
@@ -85,6 +88,33 @@ static void test_defaults(void)
            "defaults: pid_file under the prefix");
     is_str(conf.error_log, "stderr", "defaults: error_log stderr");
     is_int(conf.log_level, CR_LOG_NOTICE, "defaults: log_level notice");
+    is_str(conf.access_log, "", "defaults: access_log off");
+    is_int(conf.task_retries, 0, "defaults: task_retries 0");
+    is_int(conf.task_timeout_ms, 30000, "defaults: task_timeout_ms 30000");
+    is_int(conf.worker_max_tasks, 0, "defaults: worker_max_tasks 0");
+    is_int(conf.respawn_burst, 5, "defaults: respawn_burst 5");
+    is_int(conf.respawn_window_ms, 10000, "defaults: respawn_window_ms 10000");
+    is_int(conf.worker_rlimit_nofile, 0, "defaults: worker_rlimit_nofile 0 (leave)");
+    is_int(conf.worker_rlimit_core, -1, "defaults: worker_rlimit_core -1 (leave)");
+    is_int(conf.worker_cpu_affinity, CR_AFFINITY_OFF,
+           "defaults: worker_cpu_affinity off");
+    is_int(conf.shutdown_timeout_ms, 60000, "defaults: shutdown_timeout_ms 60000");
+    is_int(conf.max_draining_generations, 4, "defaults: max_draining_generations 4");
+    is_int(conf.max_receive_message, (4 << 20) + 4096,
+           "defaults: max_receive_message max_payload + 4k");
+    ok(!conf.max_receive_message_set, "defaults: max_receive_message not set");
+    is_int(conf.max_concurrent_streams, 1000, "defaults: max_concurrent_streams 1000");
+    is_int(conf.keepalive_time_ms, 7200000, "defaults: keepalive_time_ms 7200000");
+    is_int(conf.keepalive_timeout_ms, 20000, "defaults: keepalive_timeout_ms 20000");
+    is_int(conf.max_connection_idle_ms, 0, "defaults: max_connection_idle_ms 0 (off)");
+    is_int(conf.max_connection_age_ms, 30000, "defaults: max_connection_age_ms 30000");
+    is_int(conf.max_connection_age_grace_ms, 10000,
+           "defaults: max_connection_age_grace_ms 10000");
+    is_int(conf.stream_max_pending, 1024, "defaults: stream_max_pending 1024");
+    is_int(conf.updates_capacity, 65536, "defaults: updates_capacity 65536");
+    ok(!conf.daemon, "defaults: daemon false");
+    is_str(conf.user, "", "defaults: user \"\"");
+    is_str(conf.group, "", "defaults: group \"\"");
 
     cr_conf_defaults(&conf, "/");
     is_str(conf.pid_file, "/crunchd.pid", "defaults: prefix / gives /crunchd.pid");
@@ -504,9 +534,22 @@ static void test_unknown(void)
                "conf/crunchd.conf for every setting",
                "unknown: no suggestion when far");
     load_fails(LISTEN1 "tls = {\n  cert = \"x\";\n};\n", 2,
-               "unknown setting \"tls\"; see "
+               "unknown setting \"tls\"; TLS is set per listener: listen = ( { address = "
+               "\"127.0.0.1:50051\"; tls = { cert = \"server.pem\"; key = "
+               "\"server.key\"; }; } );",
+               "unknown: tls at the top level points at listen");
+    load_fails(LISTEN1 "limits = {\n  n = 1;\n};\n", 2,
+               "unknown setting \"limits\"; see "
                "conf/crunchd.conf for every setting",
                "unknown: a group is unknown too");
+    load_fails(LISTEN1 "task_timeout = 5;\n", 2,
+               "unknown setting \"task_timeout\"; did you mean \"task_timeout_ms\"? (see "
+               "conf/crunchd.conf for every setting)",
+               "unknown: a new setting without _ms is suggested");
+    load_fails(LISTEN1 "deamon = true;\n", 2,
+               "unknown setting \"deamon\"; did you mean \"daemon\"? (see "
+               "conf/crunchd.conf for every setting)",
+               "unknown: deamon suggests daemon");
     load_fails(
         LISTEN1 "a_very_long_setting_name_beyond_anything_we_know = 1;\n", 2,
         "unknown setting \"a_very_long_setting_name_beyond_anything_we_know\"; see "
@@ -574,9 +617,7 @@ static void test_listen(void)
                "listen: expected a list of addresses, "
                "got a string; write listen = [ \"127.0.0.1:50051\" ];",
                "listen: a bare string");
-    load_fails("listen = ( \"*:1\",\n 2 );\n", 2,
-               "listen: expected a string like "
-               "\"127.0.0.1:50051\", got an integer",
+    load_fails("listen = ( \"*:1\",\n 2 );\n", 2, "listen: " WANT_ELEM "got an integer",
                "listen: an element of wrong type");
 
     strcpy(text, "listen = [ ");
@@ -698,13 +739,9 @@ static void test_listen(void)
         "listen: \"*:x\": the port \"x\" is not a number; use a port from 1 to 65535",
         "listen: adjacent strings join; the line is where the first starts");
     load_fails("listen = (\n  \"*:1\",\n  true\n);\n", 3,
-               "listen: expected a string like "
-               "\"127.0.0.1:50051\", got a boolean",
-               "listen: a boolean element's line");
+               "listen: " WANT_ELEM "got a boolean", "listen: a boolean element's line");
     load_fails("listen = (\n  \"*:1\",\n  [ \"*:2\" ]\n);\n", 3,
-               "listen: expected a string "
-               "like \"127.0.0.1:50051\", got an array",
-               "listen: a nested array's line");
+               "listen: " WANT_ELEM "got an array", "listen: a nested array's line");
     load_ok("listen = [ \"*:9\", \"*:10\", \"[::]:9\", \"127.0.0.1:10\", \"unix:9\" ];\n",
             "listen: same port, different addresses or families");
 }
@@ -872,6 +909,933 @@ static void test_syntax_and_files(void)
     }
 }
 
+/* --- supervision, gRPC channel, process settings ---------------------------- */
+
+/* Integer settings: the edges of each range, one past them, a wrong type, and
+ * the line in every message. */
+static void test_new_integers(void)
+{
+    static const struct {
+        const char *name;
+        unsigned long long min, max, def;
+    } ints[] = {
+        {"task_timeout_ms", 0, 86400000, 30000},
+        {"task_retries", 0, 5, 0},
+        {"worker_max_tasks", 0, 4294967295ull, 0},
+        {"respawn_burst", 1, 1000, 5},
+        {"respawn_window_ms", 100, 3600000, 10000},
+        {"worker_rlimit_nofile", 0, 1048576, 0},
+        {"max_concurrent_streams", 1, 1000000, 1000},
+        {"max_connection_idle_ms", 0, 86400000, 0},
+        {"max_connection_age_ms", 1000, 86400000, 30000},
+        {"max_connection_age_grace_ms", 0, 3600000, 10000},
+        {"stream_max_pending", 1, 1000000, 1024},
+        {"updates_capacity", 1, 1048576, 65536},
+        {"shutdown_timeout_ms", 1000, 3600000, 60000},
+        {"max_draining_generations", 1, 64, 4},
+    };
+    char text[256], want[512], name[128], range[128];
+    char *dump = NULL;
+    size_t len = 0;
+    FILE *out;
+
+    for (unsigned i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        const char *n = ints[i].name;
+
+        snprintf(range, sizeof(range), "use an integer from %llu to %llu", ints[i].min,
+                 ints[i].max);
+
+        snprintf(text, sizeof(text), LISTEN1 "%s = %llu;\n", n, ints[i].min);
+        snprintf(name, sizeof(name), "%s: %llu (min)", n, ints[i].min);
+        load_ok(text, name);
+        out = open_memstream(&dump, &len);
+        cr_conf_dump(&conf, out);
+        fclose(out);
+        snprintf(want, sizeof(want), "\n%s = %llu;\n", n, ints[i].min);
+        snprintf(name, sizeof(name), "%s: min stored and dumped", n);
+        ok(strstr(dump, want) != NULL, "%s", name);
+        free(dump);
+        dump = NULL;
+
+        /* Written the way render_value in t/conftest.py writes big ones. */
+        snprintf(text, sizeof(text), LISTEN1 "\n%s = %llu%s;\n", n, ints[i].max,
+                 ints[i].max > INT32_MAX ? "L" : "");
+        snprintf(name, sizeof(name), "%s: %llu (max)", n, ints[i].max);
+        load_ok(text, name);
+        snprintf(text, sizeof(text), LISTEN1 "\n%s = %llu;\n", n, ints[i].max);
+        snprintf(name, sizeof(name), "%s: max without L", n);
+        load_ok(text, name);
+        out = open_memstream(&dump, &len);
+        cr_conf_dump(&conf, out);
+        fclose(out);
+        snprintf(want, sizeof(want), "\n%s = %llu;\n", n, ints[i].max);
+        snprintf(name, sizeof(name), "%s: max stored and dumped", n);
+        ok(strstr(dump, want) != NULL, "%s", name);
+        free(dump);
+        dump = NULL;
+
+        snprintf(text, sizeof(text), LISTEN1 "\n%s = %llu;\n", n, ints[i].max + 1);
+        snprintf(want, sizeof(want), "%s: %llu is out of range; %s", n, ints[i].max + 1,
+                 range);
+        snprintf(name, sizeof(name), "%s: max + 1", n);
+        load_fails(text, 3, want, name);
+
+        snprintf(text, sizeof(text), LISTEN1 "%s = %lld;\n", n,
+                 (long long)ints[i].min - 1);
+        snprintf(want, sizeof(want), "%s: %lld is out of range; %s", n,
+                 (long long)ints[i].min - 1, range);
+        snprintf(name, sizeof(name), "%s: min - 1", n);
+        load_fails(text, 2, want, name);
+
+        snprintf(text, sizeof(text), LISTEN1 "%s = \"%llu\";\n", n, ints[i].def);
+        snprintf(want, sizeof(want), "%s: expected an integer, got a string; %s", n,
+                 range);
+        snprintf(name, sizeof(name), "%s: a string is the wrong type", n);
+        load_fails(text, 2, want, name);
+    }
+    load_fails(LISTEN1 "worker_max_tasks = 8589934593;\n", 2,
+               "worker_max_tasks: 8589934593 is out of range; use an integer from 0 to "
+               "4294967295",
+               "worker_max_tasks: 2^33+1 is not taken as 1");
+    load_ok(LISTEN1 "task_timeout_ms = 0;\n", "task_timeout_ms: 0 = off");
+    is_int(conf.task_timeout_ms, 0, "task_timeout_ms: 0 stored");
+    load_ok(LISTEN1 "worker_rlimit_nofile = 65536;\n", "worker_rlimit_nofile: 65536");
+    is_int(conf.worker_rlimit_nofile, 65536, "worker_rlimit_nofile: stored as uint64");
+    load_fails(LISTEN1 "task_timeout_ms = 1.5;\n", 2,
+               "task_timeout_ms: expected an integer, got a float; use an integer from 0 "
+               "to 86400000",
+               "task_timeout_ms: a float is the wrong type");
+}
+
+static void test_bool(void)
+{
+    load_ok(LISTEN1 "daemon = true;\n", "daemon: true");
+    ok(conf.daemon, "daemon: true stored");
+    load_ok(LISTEN1 "daemon = false;\n", "daemon: false");
+    ok(!conf.daemon, "daemon: false stored");
+    load_ok(LISTEN1 "daemon = TRUE;\n", "daemon: TRUE (libconfig is case-blind here)");
+    ok(conf.daemon, "daemon: TRUE stored");
+    load_fails(LISTEN1 "\ndaemon = \"yes\";\n", 3,
+               "daemon: expected true or false, got a string; write daemon = true; or "
+               "daemon = false; (no quotes)",
+               "daemon: \"yes\" is a type error with the fix");
+    load_fails(LISTEN1 "daemon = 1;\n", 2,
+               "daemon: expected true or false, got an integer; write daemon = true; or "
+               "daemon = false; (no quotes)",
+               "daemon: 1 is a type error");
+    load_fails(LISTEN1 "daemon = \"true\";\n", 2,
+               "daemon: expected true or false, got a string; write daemon = true; or "
+               "daemon = false; (no quotes)",
+               "daemon: \"true\" in quotes is a type error");
+}
+
+static void test_accounts(void)
+{
+    char longname[128], text[256], want[512];
+
+    load_ok(LISTEN1 "user = \"root\";\ngroup = \"root\";\n", "user and group: root");
+    is_str(conf.user, "root", "user: stored");
+    is_str(conf.group, "root", "group: stored");
+    load_ok(LISTEN1 "user = \"\";\ngroup = \"\";\n", "user and group: \"\"");
+    is_str(conf.user, "", "user: \"\" stored");
+    load_ok(LISTEN1 "group = \"root\";\n", "group without user");
+    load_fails(
+        LISTEN1 "\nuser = \"crunchd-no-such-user\";\n", 3,
+        "user: there is no user \"crunchd-no-such-user\" on this system; create it "
+        "(useradd) or name an existing one",
+        "user: unknown user, named");
+    load_fails(
+        LISTEN1 "group = \"crunchd-no-such-group\";\n", 2,
+        "group: there is no group \"crunchd-no-such-group\" on this system; create "
+        "it (groupadd) or name an existing one",
+        "group: unknown group, named");
+    load_fails(LISTEN1 "user = 0;\n", 2,
+               "user: expected a string, got an integer; name an existing user, or \"\" "
+               "to keep the user crunchd starts as",
+               "user: a uid is the wrong type");
+    load_fails(LISTEN1 "group = true;\n", 2,
+               "group: expected a string, got a boolean; name an existing group, or \"\" "
+               "for the user's primary group",
+               "group: wrong type");
+    memset(longname, 'u', 64);
+    longname[64] = '\0';
+    snprintf(text, sizeof(text), LISTEN1 "user = \"%s\";\n", longname);
+    snprintf(want, sizeof(want), "user: \"%.32s...\" is too long (at most 63 bytes)",
+             longname);
+    load_fails(text, 2, want, "user: 64 bytes is too long");
+}
+
+static void test_access_log(void)
+{
+    char want[PATH_MAX + 32];
+    char *dump = NULL;
+    size_t len = 0;
+    FILE *out;
+
+    load_ok(LISTEN1, "access_log: default");
+    is_str(conf.access_log, "", "access_log: off by default");
+    load_ok(LISTEN1 "access_log = \"off\";\n", "access_log: \"off\"");
+    is_str(conf.access_log, "", "access_log: \"off\" is off");
+    load_ok(LISTEN1 "access_log = \"\";\n", "access_log: \"\"");
+    is_str(conf.access_log, "", "access_log: \"\" is off");
+    load_ok(LISTEN1 "access_log = \"logs/access.log\";\n", "access_log: relative");
+    snprintf(want, sizeof(want), "%s/logs/access.log", dir);
+    is_str(conf.access_log, want, "access_log: under the prefix");
+    load_ok(LISTEN1 "access_log = \"./off\";\n", "access_log: a file named off");
+    snprintf(want, sizeof(want), "%s/./off", dir);
+    is_str(conf.access_log, want, "access_log: ./off is a file");
+    load_ok(LISTEN1 "access_log = \"/var/log/crunchd/access.log\";\n",
+            "access_log: absolute");
+    is_str(conf.access_log, "/var/log/crunchd/access.log", "access_log: absolute kept");
+    load_fails(
+        LISTEN1 "access_log = false;\n", 2,
+        "access_log: expected a string, got a boolean; use a file path, or \"off\"",
+        "access_log: wrong type");
+
+    load_ok(LISTEN1, "access_log: dump loads");
+    out = open_memstream(&dump, &len);
+    cr_conf_dump(&conf, out);
+    fclose(out);
+    ok(strstr(dump, "\naccess_log = \"off\";\n") != NULL,
+       "access_log: off dumps as \"off\"");
+    free(dump);
+}
+
+static void test_rlimit_core(void)
+{
+#define RL_RANGE "use \"unlimited\", -1 (leave as is) or a size from 0 to 1024g"
+    load_ok(LISTEN1, "worker_rlimit_core: default");
+    is_int(conf.worker_rlimit_core, -1, "worker_rlimit_core: -1 (leave) by default");
+    load_ok(LISTEN1 "worker_rlimit_core = \"unlimited\";\n",
+            "worker_rlimit_core: unlimited");
+    ok(conf.worker_rlimit_core == INT64_MAX,
+       "worker_rlimit_core: unlimited is INT64_MAX");
+    load_ok(LISTEN1 "worker_rlimit_core = \"1g\";\n", "worker_rlimit_core: 1g");
+    is_int(conf.worker_rlimit_core, 1ll << 30, "worker_rlimit_core: 1g stored");
+    load_ok(LISTEN1 "worker_rlimit_core = 0;\n", "worker_rlimit_core: 0 (no cores)");
+    is_int(conf.worker_rlimit_core, 0, "worker_rlimit_core: 0 stored");
+    load_ok(LISTEN1 "worker_rlimit_core = -1;\n", "worker_rlimit_core: -1");
+    is_int(conf.worker_rlimit_core, -1, "worker_rlimit_core: -1 stored");
+    load_ok(LISTEN1 "worker_rlimit_core = 5368709120;\n",
+            "worker_rlimit_core: 5g as a plain integer");
+    is_int(conf.worker_rlimit_core, 5ll << 30, "worker_rlimit_core: 5g stored");
+    load_ok(LISTEN1 "worker_rlimit_core = \"1024g\";\n",
+            "worker_rlimit_core: 1024g (max)");
+    load_fails(LISTEN1 "worker_rlimit_core = \"1025g\";\n", 2,
+               "worker_rlimit_core: 1025g is out of range; " RL_RANGE,
+               "worker_rlimit_core: above range");
+    load_fails(LISTEN1 "worker_rlimit_core = -2;\n", 2,
+               "worker_rlimit_core: -2 is out of range; " RL_RANGE,
+               "worker_rlimit_core: -2");
+    load_fails(LISTEN1 "worker_rlimit_core = 99999999999999999999;\n", 2,
+               "worker_rlimit_core: 99999999999999999999 is out of range; " RL_RANGE,
+               "worker_rlimit_core: beyond int64");
+    load_fails(LISTEN1 "\nworker_rlimit_core = \"infinity\";\n", 3,
+               "worker_rlimit_core: \"infinity\" is not a size; use \"unlimited\", -1 "
+               "(leave as is) or a size like \"1g\", from 0 to 1024g",
+               "worker_rlimit_core: unknown word");
+    load_fails(LISTEN1 "worker_rlimit_core = 1.5;\n", 2,
+               "worker_rlimit_core: expected a size, got a float; use \"unlimited\", -1 "
+               "(leave as is) or a size like \"1g\", from 0 to 1024g",
+               "worker_rlimit_core: wrong type");
+#undef RL_RANGE
+}
+
+static void test_affinity(void)
+{
+    load_ok(LISTEN1, "worker_cpu_affinity: default");
+    is_int(conf.worker_cpu_affinity, CR_AFFINITY_OFF,
+           "worker_cpu_affinity: off by default");
+    load_ok(LISTEN1 "worker_cpu_affinity = \"auto\";\n", "worker_cpu_affinity: auto");
+    is_int(conf.worker_cpu_affinity, CR_AFFINITY_AUTO,
+           "worker_cpu_affinity: auto stored");
+    load_ok(LISTEN1 "worker_cpu_affinity = \"off\";\n", "worker_cpu_affinity: off");
+    is_int(conf.worker_cpu_affinity, CR_AFFINITY_OFF, "worker_cpu_affinity: off stored");
+    load_fails(LISTEN1 "worker_cpu_affinity = \"on\";\n", 2,
+               "worker_cpu_affinity: \"on\" is not valid; use \"off\" or \"auto\"",
+               "worker_cpu_affinity: unknown word");
+    load_fails(LISTEN1 "worker_cpu_affinity = true;\n", 2,
+               "worker_cpu_affinity: expected a string, got a boolean; use \"off\" or "
+               "\"auto\"",
+               "worker_cpu_affinity: wrong type");
+}
+
+static void test_channel(void)
+{
+    load_ok(LISTEN1, "max_receive_message: default");
+    is_int(conf.max_receive_message, (4 << 20) + 4096,
+           "max_receive_message: max_payload + 4k by default");
+    ok(!conf.max_receive_message_set, "max_receive_message: not set");
+    load_ok(LISTEN1 "max_payload = \"1m\";\n",
+            "max_receive_message: follows max_payload");
+    is_int(conf.max_receive_message, (1 << 20) + 4096,
+           "max_receive_message: 1m + 4k when max_payload is 1m");
+    load_ok(LISTEN1 "max_receive_message = \"16m\";\n", "max_receive_message: set");
+    is_int(conf.max_receive_message, 16 << 20, "max_receive_message: 16m stored");
+    ok(conf.max_receive_message_set, "max_receive_message: set flag");
+    load_ok(LISTEN1 "max_receive_message = 4194368;\n",
+            "max_receive_message: max_payload + 64 (the least)");
+    load_fails(LISTEN1 "\nmax_receive_message = 4194367;\n", 3,
+               "max_receive_message: 4194367 is less than max_payload (4m) + 64 bytes; "
+               "raise max_receive_message to at least 4194368, or remove it (it defaults "
+               "to max_payload + 4k)",
+               "max_receive_message: below max_payload + 64 names both");
+    load_fails(LISTEN1 "max_receive_message = \"1m\";\nmax_payload = \"2m\";\n", 2,
+               "max_receive_message: 1m is less than max_payload (2m) + 64 bytes; raise "
+               "max_receive_message to at least 2097216, or remove it (it defaults to "
+               "max_payload + 4k)",
+               "max_receive_message: checked after max_payload was read");
+    load_ok(LISTEN1 "max_receive_message = 2147483647;\n",
+            "max_receive_message: 2g-1 (max)");
+    load_fails(
+        LISTEN1 "max_receive_message = \"2g\";\n", 2,
+        "max_receive_message: 2g is out of range; use a size from 1k to 2147483647",
+        "max_receive_message: 2g above range");
+    load_fails(LISTEN1 "max_receive_message = 1023;\n", 2,
+               "max_receive_message: 1023 is out of range; use a size from 1k to "
+               "2147483647",
+               "max_receive_message: below 1k");
+    load_fails(LISTEN1 "max_receive_message = true;\n", 2,
+               "max_receive_message: expected a size, got a boolean; use a number of "
+               "bytes or a string like \"64m\", from 1k to 2147483647",
+               "max_receive_message: wrong type");
+
+    load_ok(LISTEN1, "keepalive: defaults");
+    is_int(conf.keepalive_time_ms, 7200000, "keepalive_time_ms: 2 h by default");
+    is_int(conf.keepalive_timeout_ms, 20000, "keepalive_timeout_ms: 20 s by default");
+    load_ok(LISTEN1 "keepalive_time_ms = 20001;\n", "keepalive: time just above timeout");
+    load_fails(
+        LISTEN1 "\nkeepalive_time_ms = 20000;\n", 3,
+        "keepalive_timeout_ms (20000) must be less than keepalive_time_ms (20000); "
+        "lower keepalive_timeout_ms or raise keepalive_time_ms",
+        "keepalive: default timeout = time, at keepalive_time_ms's line");
+    load_fails(
+        LISTEN1 "keepalive_time_ms = 10000;\nkeepalive_timeout_ms = 30000;\n", 3,
+        "keepalive_timeout_ms (30000) must be less than keepalive_time_ms (10000); "
+        "lower keepalive_timeout_ms or raise keepalive_time_ms",
+        "keepalive: timeout above time, at keepalive_timeout_ms's line");
+    load_ok(LISTEN1 "keepalive_time_ms = 10000;\nkeepalive_timeout_ms = 5000;\n",
+            "keepalive: both set, timeout below time");
+    is_int(conf.keepalive_timeout_ms, 5000, "keepalive_timeout_ms: stored");
+    load_ok(LISTEN1 "max_connection_age_grace_ms = 0;\nmax_connection_age_ms = 1000;\n",
+            "max_connection_age_grace_ms: 0 with the least age");
+}
+
+/* TLS files for listen groups: readable PEM-ish files in the prefix. */
+static void make_tls_files(void)
+{
+    char p[PATH_MAX + 32];
+
+    snprintf(p, sizeof(p), "%s/server.pem", dir);
+    write_file(p,
+               "-----BEGIN CERTIFICATE-----\nnot checked\n-----END CERTIFICATE-----\n");
+    snprintf(p, sizeof(p), "%s/server.key", dir);
+    write_file(p,
+               "-----BEGIN PRIVATE KEY-----\nnot checked\n-----END PRIVATE KEY-----\n");
+    snprintf(p, sizeof(p), "%s/ca.pem", dir);
+    write_file(p,
+               "-----BEGIN CERTIFICATE-----\nnot checked\n-----END CERTIFICATE-----\n");
+    snprintf(p, sizeof(p), "%s/tls.d", dir);
+    mkdir(p, 0755);
+}
+
+static void remove_tls_files(void)
+{
+    char p[PATH_MAX + 32];
+
+    snprintf(p, sizeof(p), "%s/server.pem", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/server.key", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/ca.pem", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/tls.d", dir);
+    rmdir(p);
+}
+
+/* Load text in a child that runs as an unprivileged user (as root nothing is
+ * unreadable), with load_string so that the config file itself need not be
+ * readable; the child's message comes back through a pipe. */
+static int load_unprivileged(const char *text, char *got, size_t len)
+{
+    int fds[2], st = -1;
+    ssize_t n;
+    pid_t pid;
+
+    got[0] = '\0';
+    if (pipe(fds) != 0)
+        return -1;
+    pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+            _exit(3);
+        int rc = cr_conf_load_string(&conf, text, "inline", dir, err, sizeof(err));
+        if (write(fds[1], err, strlen(err)) < 0)
+            _exit(4);
+        _exit(rc == CR_OK ? 0 : 1);
+    }
+    close(fds[1]);
+    n = read(fds[0], got, len - 1);
+    got[n > 0 ? n : 0] = '\0';
+    close(fds[0]);
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_listen_groups(void)
+{
+    char want[3 * PATH_MAX], text[2 * PATH_MAX], got[2048], p[PATH_MAX + 32];
+    const cr_listen_conf_t *l;
+
+    make_tls_files();
+
+    load_ok("listen = (\n"
+            "  \"127.0.0.1:50051\",\n"
+            "  {\n"
+            "    address = \"127.0.0.1:50443\";\n"
+            "    tls = {\n"
+            "      cert = \"server.pem\";\n"
+            "      key = \"server.key\";\n"
+            "      client_ca = \"ca.pem\";\n"
+            "      verify_client = true;\n"
+            "    };\n"
+            "  },\n"
+            "  { address = \"unix:crunchd.sock\"; mode = \"0660\"; group = \"root\"; },\n"
+            "  { address = \"[::1]:50444\"; tls = { cert = \"server.pem\"; key = "
+            "\"server.key\"; }; }\n"
+            ");\n",
+            "listen groups: strings and groups mixed");
+    is_int(conf.nlisten, 4, "listen groups: four listeners");
+    l = &conf.listen[0];
+    ok(!l->tls.on && l->mode == -1 && l->group[0] == '\0',
+       "listen groups: a string has no tls, mode or group");
+    l = &conf.listen[1];
+    is_str(l->text, "127.0.0.1:50443", "listen groups: address as text");
+    is_int(l->kind, CR_LISTEN_TCP, "listen groups: tcp kind");
+    is_int(l->line, 4, "listen groups: the line is the address's");
+    ok(l->tls.on, "listen groups: tls on");
+    snprintf(p, sizeof(p), "%s/server.pem", dir);
+    is_str(l->tls.cert, p, "listen groups: cert under the prefix");
+    snprintf(p, sizeof(p), "%s/server.key", dir);
+    is_str(l->tls.key, p, "listen groups: key under the prefix");
+    snprintf(p, sizeof(p), "%s/ca.pem", dir);
+    is_str(l->tls.client_ca, p, "listen groups: client_ca under the prefix");
+    ok(l->tls.verify_client, "listen groups: verify_client");
+    is_int(l->mode, -1, "listen groups: tcp has no mode");
+    l = &conf.listen[2];
+    is_int(l->kind, CR_LISTEN_UNIX, "listen groups: unix kind");
+    is_int(l->mode, 0660, "listen groups: mode \"0660\"");
+    is_str(l->group, "root", "listen groups: group");
+    ok(!l->tls.on, "listen groups: unix has no tls");
+    is_int(l->line, 12, "listen groups: one-line group's line");
+    l = &conf.listen[3];
+    ok(l->tls.on && !l->tls.verify_client && l->tls.client_ca[0] == '\0',
+       "listen groups: tls without client_ca, verify_client false by default");
+    is_int(l->addr.ss_family, AF_INET6, "listen groups: v6 address parsed");
+
+    /* mode: every way to write it */
+    static const struct {
+        const char *v;
+        int mode;
+    } modes[] = {{"\"0660\"", 0660}, {"\"660\"", 0660},  {"\"0\"", 0},
+                 {"0660", 0660},     {"0600", 0600},     {"00", 0},
+                 {"0", 0},           {"0x1b0", 0660},    {"\"07777\"", 07777},
+                 {"07777", 07777},   {"\"1777\"", 01777}};
+    for (unsigned i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        char name[96];
+        snprintf(text, sizeof(text),
+                 "listen = ( { address = \"unix:m.sock\"; mode = %s; } );\n", modes[i].v);
+        snprintf(name, sizeof(name), "listen mode: %s", modes[i].v);
+        load_ok(text, name);
+        is_int(conf.listen[0].mode, modes[i].mode, name);
+    }
+    load_ok("listen = ( { address = \"unix:a\"; mode = 0600; }, { address = \"unix:b\"; "
+            "mode = 0640; } );\n",
+            "listen mode: two octal modes on one line");
+    ok(conf.listen[0].mode == 0600 && conf.listen[1].mode == 0640,
+       "listen mode: each takes its own");
+    load_ok("listen = ( { address = \"unix:a\"; group = \"root\"; } );\n",
+            "listen: group without mode");
+    is_int(conf.listen[0].mode, -1, "listen: mode -1 = leave");
+
+#define MODE_FIX "write it in octal, like \"0660\" (owner and group read and write)"
+#define LG(body)                                                                         \
+    "listen = (\n  \"*:1\",\n  {\n    address = \"unix:x\";\n    " body "\n  }\n);\n"
+    load_fails(
+        LG("mode = 660;"), 5,
+        "listen: \"unix:x\": mode 660 is a decimal number; write the mode in octal "
+        "with a leading zero, like 0660, or as a string, like \"0660\"",
+        "listen mode: decimal is refused");
+    load_fails(LG("mode = 0680;"), 5,
+               "listen: \"unix:x\": mode 0680 is not an octal number; " MODE_FIX,
+               "listen mode: 0680 is not octal");
+    load_fails(LG("mode = \"0689\";"), 5,
+               "listen: \"unix:x\": mode \"0689\" is not an octal number; " MODE_FIX,
+               "listen mode: \"0689\" is not octal");
+    load_fails(LG("mode = \"rw-rw----\";"), 5,
+               "listen: \"unix:x\": mode \"rw-rw----\" is not an octal number; " MODE_FIX,
+               "listen mode: symbolic is not octal");
+    load_fails(LG("mode = \"\";"), 5, "listen: \"unix:x\": mode \"\" is empty; " MODE_FIX,
+               "listen mode: empty");
+    load_fails(LG("mode = \"10000\";"), 5,
+               "listen: \"unix:x\": mode \"10000\" is out of range; use a mode from 0 to "
+               "07777, like \"0660\"",
+               "listen mode: \"10000\" out of range");
+    load_fails(LG("mode = 010000;"), 5,
+               "listen: \"unix:x\": mode 010000 is out of range; use a mode from 0 to "
+               "07777, like \"0660\"",
+               "listen mode: 010000 out of range");
+    load_fails(LG("mode = -0660;"), 5,
+               "listen: \"unix:x\": mode -0660 is out of range; use a mode from 0 to "
+               "07777, like \"0660\"",
+               "listen mode: negative");
+    load_fails(LG("mode = 0x1000;"), 5,
+               "listen: \"unix:x\": mode 0x1000 is out of range; use a mode from 0 to "
+               "07777, like \"0660\"",
+               "listen mode: hex out of range");
+    load_fails(LG("mode = true;"), 5,
+               "listen: \"unix:x\": mode: expected a string, got a boolean; " MODE_FIX,
+               "listen mode: wrong type");
+    load_fails(
+        LG("group = \"crunchd-no-such-group\";"), 5,
+        "listen: \"unix:x\": group: there is no group \"crunchd-no-such-group\" on "
+        "this system; create it (groupadd) or name an existing one",
+        "listen group: unknown group named");
+    load_fails(LG("group = 0;"), 5,
+               "listen: \"unix:x\": group: expected a string (a group name), got an "
+               "integer",
+               "listen group: wrong type");
+    load_fails(
+        LG("group = \"\";"), 5,
+        "listen: \"unix:x\": group: the name is empty; name a group, or remove group",
+        "listen group: empty");
+    load_fails(
+        LG("tls = { cert = \"server.pem\"; key = \"server.key\"; };"), 5,
+        "listen: \"unix:x\": tls is for TCP addresses only; remove it (limit who may "
+        "connect to a unix socket with mode and group)",
+        "listen: tls on unix");
+    load_fails(
+        LG("adress = \"unix:y\";"), 5,
+        "listen: unknown key \"adress\"; did you mean \"address\"? (a listener takes "
+        "address, tls, mode, group)",
+        "listen: unknown key suggests address");
+    load_fails(
+        LG("perms = \"0660\";"), 5,
+        "listen: unknown key \"perms\"; a listener takes address, tls, mode, group",
+        "listen: unknown key, no suggestion");
+    load_fails(LG("modes = \"0660\";"), 5,
+               "listen: unknown key \"modes\"; did you mean \"mode\"? (a listener takes "
+               "address, tls, mode, group)",
+               "listen: modes suggests mode");
+#undef LG
+#define LG(body)                                                                         \
+    "listen = (\n  \"*:1\",\n  {\n    address = \"127.0.0.1:2\";\n    " body "\n  "      \
+                                                                             "}\n);\n"
+    load_fails(LG("mode = \"0660\";"), 5,
+               "listen: \"127.0.0.1:2\": mode is for unix: sockets only; remove it",
+               "listen: mode on tcp");
+    load_fails(LG("group = \"root\";"), 5,
+               "listen: \"127.0.0.1:2\": group is for unix: sockets only; remove it",
+               "listen: group on tcp");
+    load_fails(
+        LG("tls = \"on\";"), 5,
+        "listen: \"127.0.0.1:2\": tls: expected a group, got a string; write tls = "
+        "{ cert = \"server.pem\"; key = \"server.key\"; };",
+        "listen tls: wrong type");
+    load_fails(
+        LG("tls = {\n      cert = \"server.pem\";\n    };"), 5,
+        "listen: \"127.0.0.1:2\": tls: key is missing; add key = \"server.key\"; (the "
+        "PEM private key)",
+        "listen tls: key missing, at tls's line");
+    load_fails(
+        LG("tls = {\n      key = \"server.key\";\n    };"), 5,
+        "listen: \"127.0.0.1:2\": tls: cert is missing; add cert = \"server.pem\"; "
+        "(the PEM certificate chain)",
+        "listen tls: cert missing");
+    load_fails(
+        LG("tls = { };"), 5,
+        "listen: \"127.0.0.1:2\": tls: cert is missing; add cert = \"server.pem\"; "
+        "(the PEM certificate chain)",
+        "listen tls: empty group");
+    load_fails(
+        LG("tls = {\n      cert = \"server.pem\";\n      key = \"server.key\";\n"
+           "      verify_client = true;\n    };"),
+        8,
+        "listen: \"127.0.0.1:2\": tls: verify_client = true needs client_ca, the CA "
+        "bundle that signs client certificates; add client_ca = \"ca.pem\";",
+        "listen tls: verify_client needs client_ca, at verify_client's line");
+    load_fails(
+        LG("tls = {\n      cert = \"server.pem\";\n      key = \"server.key\";\n"
+           "      verify_client = \"yes\";\n    };"),
+        8,
+        "listen: \"127.0.0.1:2\": tls: verify_client: expected true or false, got a "
+        "string; write verify_client = true; (no quotes)",
+        "listen tls: verify_client \"yes\"");
+    load_fails(
+        LG("tls = {\n      certs = \"server.pem\";\n    };"), 6,
+        "listen: \"127.0.0.1:2\": tls: unknown key \"certs\"; did you mean \"cert\"? "
+        "(tls takes cert, key, client_ca, verify_client)",
+        "listen tls: unknown key suggests cert");
+    load_fails(LG("tls = {\n      ca = \"ca.pem\";\n    };"), 6,
+               "listen: \"127.0.0.1:2\": tls: unknown key \"ca\"; tls takes cert, key, "
+               "client_ca, verify_client",
+               "listen tls: unknown key");
+    load_fails(
+        LG("tls = {\n      cert = 1;\n    };"), 6,
+        "listen: \"127.0.0.1:2\": tls: cert: expected a string (a file path), got an "
+        "integer",
+        "listen tls: cert wrong type");
+    load_fails(LG("tls = {\n      cert = \"\";\n    };"), 6,
+               "listen: \"127.0.0.1:2\": tls: cert: the path is empty; give the PEM "
+               "certificate chain file",
+               "listen tls: cert empty");
+    load_fails(
+        LG("tls = {\n      cert = \"server.pem\";\n      key = \"\";\n    };"), 7,
+        "listen: \"127.0.0.1:2\": tls: key: the path is empty; give the PEM private "
+        "key file",
+        "listen tls: key empty");
+    load_ok(
+        LG("tls = { cert = \"server.pem\"; key = \"server.key\"; client_ca = \"\"; };"),
+        "listen tls: client_ca \"\" = none");
+    ok(conf.listen[1].tls.on && conf.listen[1].tls.client_ca[0] == '\0',
+       "listen tls: client_ca empty stored");
+    load_ok(
+        LG("tls = { cert = \"server.pem\"; key = \"server.key\"; client_ca = \"ca.pem\"; "
+           "verify_client = false; };"),
+        "listen tls: client_ca without verify_client");
+    snprintf(want, sizeof(want),
+             "listen: \"127.0.0.1:2\": tls: cert %s/missing.pem: No such file or "
+             "directory; check the path (a relative path is under the prefix)",
+             dir);
+    load_fails(
+        LG("tls = {\n      cert = \"missing.pem\";\n      key = \"server.key\";\n    };"),
+        6, want, "listen tls: missing cert names the path and strerror");
+    load_fails(
+        LG("tls = {\n      cert = \"server.pem\";\n      key = \"/nonexistent/k\";\n"
+           "    };"),
+        7,
+        "listen: \"127.0.0.1:2\": tls: key /nonexistent/k: No such file or "
+        "directory; check the path",
+        "listen tls: missing absolute key");
+    snprintf(want, sizeof(want),
+             "listen: \"127.0.0.1:2\": tls: client_ca %s/tls.d: not a regular file; give "
+             "the PEM file itself",
+             dir);
+    load_fails(LG("tls = {\n      cert = \"server.pem\";\n      key = \"server.key\";\n"
+                  "      client_ca = \"tls.d\";\n    };"),
+               8, want, "listen tls: a directory is not a PEM file");
+#undef LG
+
+    /* Unreadable: the key has mode 0; the cert stays readable, so the message
+     * is about the key alone. The prefix must be searchable for the child. */
+    chmod(dir, 0755);
+    snprintf(p, sizeof(p), "%s/server.key", dir);
+    chmod(p, 0);
+    snprintf(
+        text, sizeof(text),
+        "listen = (\n  {\n    address = \"127.0.0.1:2\";\n    tls = {\n"
+        "      cert = \"server.pem\";\n      key = \"server.key\";\n    };\n  }\n);\n");
+    snprintf(want, sizeof(want),
+             "inline:6: listen: \"127.0.0.1:2\": tls: key %s/server.key: Permission "
+             "denied; make it readable by the user crunchd runs as",
+             dir);
+    is_int(load_unprivileged(text, got, sizeof(got)), 1,
+           "listen tls: an unreadable key fails (unprivileged)");
+    is_str(got, want, "listen tls: unreadable key: path, strerror and the fix");
+    chmod(p, 0644);
+    is_int(load_unprivileged(text, got, sizeof(got)), 0,
+           "listen tls: the same files readable load (unprivileged)");
+    chmod(dir, 0700);
+
+    load_fails(
+        "listen = (\n  { tls = { cert = \"server.pem\"; key = \"server.key\"; }; }\n);\n",
+        2,
+        "listen: this listener has no address; add address = \"127.0.0.1:50051\"; "
+        "(or \"unix:/path\")",
+        "listen: a group without address, at the group's line");
+    load_fails(
+        "listen = (\n  \"*:1\",\n  {\n    address = 50051;\n  }\n);\n", 4,
+        "listen: address: expected a string like \"127.0.0.1:50051\", got an integer",
+        "listen: address wrong type");
+    load_fails("listen = (\n  \"*:1\",\n  {\n    address = \"127.0.0.1\";\n  }\n);\n", 4,
+               "listen: \"127.0.0.1\": the port is missing; write \"host:port\", like "
+               "\"127.0.0.1:50051\"",
+               "listen: a group's address is checked like a string");
+    load_fails(
+        "listen = (\n  \"*:9\",\n  {\n    address = \"0.0.0.0:9\";\n"
+        "    tls = { cert = \"server.pem\"; key = \"server.key\"; };\n  }\n);\n",
+        4,
+        "listen: \"0.0.0.0:9\" is the same address as \"*:9\" on line 2; remove one "
+        "of them",
+        "listen: a duplicate across a string and a group");
+    load_fails(
+        "listen = (\n  { address = \"unix:d.sock\"; mode = \"0600\"; },\n"
+        "  \"unix:d.sock\"\n);\n",
+        3,
+        "listen: \"unix:d.sock\" is the same address as \"unix:d.sock\" on line 2; "
+        "remove one of them",
+        "listen: a duplicate after a group");
+    load_fails(
+        LISTEN1 "\nlisten2 = 1;\nx = [\n  { address = \"*:1\"; }\n];\n", 5,
+        "syntax error: a group { } cannot be an element of an array [ ]; use a list "
+        "( ) instead, like listen = ( { address = \"127.0.0.1:50051\"; } );",
+        "listen: a group in an array [ ] says to use ( )");
+    load_fails(
+        "listen = [ \"*:1\", { address = \"*:2\"; } ];\n", 1,
+        "syntax error: a group { } cannot be an element of an array [ ]; use a list "
+        "( ) instead, like listen = ( { address = \"127.0.0.1:50051\"; } );",
+        "listen: a group in an array on one line");
+    remove_tls_files();
+#undef MODE_FIX
+}
+
+/* --- cr_conf_diff ------------------------------------------------------------ */
+
+static cr_conf_t old_conf;
+
+/* Load `before` then `after`; the class of what changed, names into names. */
+static unsigned diff_of(const char *before, const char *after, char *names, size_t len)
+{
+    if (load(before) != CR_OK) {
+        tap_diag("before: %s", err);
+        return 0xdead;
+    }
+    old_conf = conf;
+    if (load(after) != CR_OK) {
+        tap_diag("after: %s", err);
+        return 0xdead;
+    }
+    return cr_conf_diff(&old_conf, &conf, names, len);
+}
+
+static void test_diff_classes(void)
+{
+    char names[256];
+
+    is_int(diff_of(LISTEN1, LISTEN1 "# a comment\n", names, sizeof(names)), 0,
+           "diff: the same file is no change");
+    is_str(names, "", "diff: no change names nothing");
+    is_int(diff_of(LISTEN1, LISTEN1 "task_timeout_ms = 30000;\n", names, sizeof(names)),
+           0, "diff: writing out a default is no change");
+
+    is_int(diff_of(LISTEN1, LISTEN1 "task_retries = 2;\n", names, sizeof(names)),
+           CR_CHANGE_WORKER, "diff: task_retries is worker-level");
+    is_str(names, "task_retries", "diff: worker-level names it");
+    is_int(
+        diff_of(LISTEN1, LISTEN1 "max_connection_age_ms = 5000;\n", names, sizeof(names)),
+        CR_CHANGE_ACCEPTOR, "diff: max_connection_age_ms is acceptor-level");
+    is_int(diff_of(LISTEN1, LISTEN1 "log_level = \"debug\";\n", names, sizeof(names)),
+           CR_CHANGE_MASTER, "diff: log_level is master-level");
+    is_int(diff_of(LISTEN1, LISTEN1 "daemon = true;\n", names, sizeof(names)),
+           CR_CHANGE_RESTART, "diff: daemon needs a restart");
+    is_int(diff_of(LISTEN1 "workers = 1;\n", LISTEN1 "workers = 2;\nacceptors = 2;\n",
+                   names, sizeof(names)),
+           CR_CHANGE_WORKER | CR_CHANGE_ACCEPTOR, "diff: two classes at once");
+    is_str(names, "workers, acceptors", "diff: names in table order");
+    is_int(diff_of(LISTEN1 "workers = 1;\nlog_level = \"info\";\nuser = \"root\";\n",
+                   LISTEN1 "workers = 3;\nlog_level = \"warn\";\nmax_payload = \"1m\";\n",
+                   names, sizeof(names)),
+           CR_CHANGE_WORKER | CR_CHANGE_ACCEPTOR | CR_CHANGE_MASTER | CR_CHANGE_RESTART,
+           "diff: every class at once");
+    is_str(names, "workers, max_receive_message, max_payload, log_level, user",
+           "diff: max_receive_message follows max_payload");
+    is_int(diff_of(LISTEN1 "max_receive_message = \"8m\";\n",
+                   LISTEN1 "max_receive_message = \"8m\";\nmax_payload = \"1m\";\n",
+                   names, sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff: a set max_receive_message stays");
+    is_str(names, "max_payload", "diff: ... and is not named");
+
+    /* "auto" and the same number are the same workers. */
+    {
+        char text[128];
+        snprintf(text, sizeof(text), LISTEN1 "workers = %u;\n", online_cpus());
+        is_int(diff_of(LISTEN1 "workers = \"auto\";\n", text, names, sizeof(names)), 0,
+               "diff: workers auto = the same number");
+    }
+
+    /* names: cut safely */
+    diff_of(LISTEN1 "workers = 1;\n", LISTEN1 "workers = 2;\nacceptors = 2;\n", NULL, 0);
+    ok(cr_conf_diff(&old_conf, &conf, NULL, 0) == (CR_CHANGE_WORKER | CR_CHANGE_ACCEPTOR),
+       "diff: names NULL");
+    memset(names, 'X', sizeof(names));
+    cr_conf_diff(&old_conf, &conf, names, 0);
+    ok(names[0] == 'X', "diff: len 0 writes nothing");
+    cr_conf_diff(&old_conf, &conf, names, 1);
+    ok(names[0] == '\0' && names[1] == 'X', "diff: len 1 is \"\"");
+    memset(names, 'X', sizeof(names));
+    cr_conf_diff(&old_conf, &conf, names, 8);
+    ok(strcmp(names, "workers") == 0 && names[8] == 'X', "diff: len 8 holds one name");
+    memset(names, 'X', sizeof(names));
+    cr_conf_diff(&old_conf, &conf, names, 15);
+    ok(strcmp(names, "workers, ...") == 0 && names[15] == 'X',
+       "diff: a name that does not fit becomes ...");
+    memset(names, 'X', sizeof(names));
+    cr_conf_diff(&old_conf, &conf, names, 11);
+    ok(strcmp(names, "workers, .") == 0 && names[11] == 'X', "diff: ... cut to fit");
+    cr_conf_diff(&old_conf, &conf, names, 19);
+    is_str(names, "workers, acceptors", "diff: exactly enough room");
+}
+
+/* Each setting changed alone needs the class DESIGN section 5 gives it; every
+ * setting -T prints is in this table. */
+static void test_diff_table(void)
+{
+    static const struct {
+        const char *name, *line, *names;
+        unsigned change;
+    } rows[] = {
+        {"listen", "", "listen", CR_CHANGE_ACCEPTOR},
+        {"workers", "", "workers", CR_CHANGE_WORKER},
+        {"task_timeout_ms", "task_timeout_ms = 0;", NULL, CR_CHANGE_WORKER},
+        {"task_retries", "task_retries = 1;", NULL, CR_CHANGE_WORKER},
+        {"worker_max_tasks", "worker_max_tasks = 100;", NULL, CR_CHANGE_WORKER},
+        {"respawn_burst", "respawn_burst = 50;", NULL, CR_CHANGE_WORKER},
+        {"respawn_window_ms", "respawn_window_ms = 1000;", NULL, CR_CHANGE_WORKER},
+        {"worker_rlimit_nofile", "worker_rlimit_nofile = 4096;", NULL, CR_CHANGE_WORKER},
+        {"worker_rlimit_core", "worker_rlimit_core = 0;", NULL, CR_CHANGE_WORKER},
+        {"worker_cpu_affinity", "worker_cpu_affinity = \"auto\";", NULL,
+         CR_CHANGE_WORKER},
+        {"acceptors", "acceptors = 2;", NULL, CR_CHANGE_ACCEPTOR},
+        {"max_receive_message", "max_receive_message = \"16m\";", NULL,
+         CR_CHANGE_ACCEPTOR},
+        {"max_concurrent_streams", "max_concurrent_streams = 10;", NULL,
+         CR_CHANGE_ACCEPTOR},
+        {"keepalive_time_ms", "keepalive_time_ms = 60000;", NULL, CR_CHANGE_ACCEPTOR},
+        {"keepalive_timeout_ms", "keepalive_timeout_ms = 5000;", NULL,
+         CR_CHANGE_ACCEPTOR},
+        {"max_connection_idle_ms", "max_connection_idle_ms = 60000;", NULL,
+         CR_CHANGE_ACCEPTOR},
+        {"max_connection_age_ms", "max_connection_age_ms = 60000;", NULL,
+         CR_CHANGE_ACCEPTOR},
+        {"max_connection_age_grace_ms", "max_connection_age_grace_ms = 0;", NULL,
+         CR_CHANGE_ACCEPTOR},
+        {"stream_max_pending", "stream_max_pending = 16;", NULL, CR_CHANGE_ACCEPTOR},
+        {"queue_capacity", "queue_capacity = 16;", NULL, CR_CHANGE_ACCEPTOR},
+        {"queue_wait_ms", "queue_wait_ms = 0;", NULL, CR_CHANGE_ACCEPTOR},
+        {"shm_size", "shm_size = \"128m\";", NULL, CR_CHANGE_ACCEPTOR},
+        {"max_payload", "max_payload = \"1m\";", "max_receive_message, max_payload",
+         CR_CHANGE_ACCEPTOR},
+        {"updates_capacity", "updates_capacity = 10;", NULL, CR_CHANGE_MASTER},
+        {"shutdown_timeout_ms", "shutdown_timeout_ms = 1000;", NULL, CR_CHANGE_MASTER},
+        {"max_draining_generations", "max_draining_generations = 1;", NULL,
+         CR_CHANGE_MASTER},
+        {"pid_file", "pid_file = \"other.pid\";", NULL, CR_CHANGE_MASTER},
+        {"error_log", "error_log = \"error.log\";", NULL, CR_CHANGE_MASTER},
+        {"log_level", "log_level = \"error\";", NULL, CR_CHANGE_MASTER},
+        {"access_log", "access_log = \"access.log\";", NULL, CR_CHANGE_ACCEPTOR},
+        {"daemon", "daemon = true;", NULL, CR_CHANGE_RESTART},
+        {"user", "user = \"root\";", NULL, CR_CHANGE_RESTART},
+        {"group", "group = \"root\";", NULL, CR_CHANGE_RESTART},
+    };
+    char text[512], names[512], name[128], *dump = NULL, *p;
+    size_t len = 0;
+    unsigned n = sizeof(rows) / sizeof(rows[0]), found = 0;
+    FILE *out;
+
+    for (unsigned i = 0; i < n; i++) {
+        if (strcmp(rows[i].name, "listen") == 0)
+            snprintf(text, sizeof(text), "listen = [ \"127.0.0.1:50052\" ];\n");
+        else if (strcmp(rows[i].name, "workers") == 0)
+            snprintf(text, sizeof(text), LISTEN1 "workers = %u;\n",
+                     online_cpus() == 1 ? 2 : 1);
+        else
+            snprintf(text, sizeof(text), LISTEN1 "%s\n", rows[i].line);
+        snprintf(name, sizeof(name), "diff table: %s alone", rows[i].name);
+        is_int(diff_of(LISTEN1, text, names, sizeof(names)), rows[i].change, name);
+        snprintf(name, sizeof(name), "diff table: %s named", rows[i].name);
+        is_str(names, rows[i].names ? rows[i].names : rows[i].name, name);
+        snprintf(name, sizeof(name), "diff table: %s back is the same class",
+                 rows[i].name);
+        is_int(cr_conf_diff(&conf, &old_conf, NULL, 0), rows[i].change, name);
+    }
+
+    /* Every setting in the dump has a row above. */
+    load_ok(LISTEN1 "max_receive_message = \"8m\";\n",
+            "diff table: a dump of every setting");
+    out = open_memstream(&dump, &len);
+    cr_conf_dump(&conf, out);
+    fclose(out);
+    for (p = dump; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        char setting[64];
+        unsigned i;
+
+        if (sscanf(p, "%63[a-z_] = ", setting) != 1)
+            continue;
+        for (i = 0; i < n && strcmp(rows[i].name, setting) != 0; i++)
+            ;
+        if (!ok(i < n, "diff table: %s has a row", setting))
+            continue;
+        found++;
+    }
+    is_int(found, n, "diff table: one row per setting, none left over");
+    free(dump);
+}
+
+static void test_diff_listen(void)
+{
+    char names[128];
+
+#define TLS_A "tls = { cert = \"server.pem\"; key = \"server.key\"; }"
+#define TLS_B                                                                            \
+    "tls = { cert = \"server.pem\"; key = \"server.key\"; client_ca = \"ca.pem\"; }"
+    make_tls_files();
+    is_int(diff_of("listen = [ \"*:1\", \"unix:a\" ];\n",
+                   "listen = [\n  \"unix:a\",\n  \"*:1\"\n];\n", names, sizeof(names)),
+           0, "diff listen: the same set in another order");
+    is_int(diff_of("listen = [ \"*:1\" ];\n", "listen = [ \"*:1\", \"*:2\" ];\n", names,
+                   sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: one added");
+    is_str(names, "listen", "diff listen: named");
+    is_int(diff_of("listen = [ \"*:1\", \"*:2\" ];\n", "listen = [ \"*:2\" ];\n", names,
+                   sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: one removed");
+    is_int(diff_of("listen = [ \"*:1\" ];\n", "listen = ( { address = \"*:1\"; } );\n",
+                   names, sizeof(names)),
+           0, "diff listen: a bare group is the string");
+    is_int(diff_of("listen = [ \"*:1\" ];\n",
+                   "listen = ( { address = \"*:1\"; " TLS_A "; } );\n", names,
+                   sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: tls added");
+    is_int(diff_of("listen = ( { address = \"*:1\"; " TLS_A "; } );\n",
+                   "listen = ( { address = \"*:1\"; " TLS_B "; } );\n", names,
+                   sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: client_ca added");
+    is_int(
+        diff_of("listen = ( { address = \"*:1\"; " TLS_B "; } );\n",
+                "listen = ( { address = \"*:1\"; tls = { cert = \"server.pem\"; key = "
+                "\"server.key\"; client_ca = \"ca.pem\"; verify_client = true; }; } );\n",
+                names, sizeof(names)),
+        CR_CHANGE_ACCEPTOR, "diff listen: verify_client turned on");
+    is_int(diff_of("listen = ( { address = \"*:1\"; " TLS_A "; } );\n",
+                   "listen = ( { address = \"*:1\"; tls = { cert = \"ca.pem\"; key = "
+                   "\"server.key\"; }; } );\n",
+                   names, sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: another cert");
+    is_int(diff_of("listen = ( { address = \"*:1\"; " TLS_A "; } );\n",
+                   "listen = (\n  {\n    address = \"*:1\";\n    " TLS_A ";\n  }\n);\n",
+                   names, sizeof(names)),
+           0, "diff listen: the same tls written otherwise");
+    is_int(diff_of("listen = ( { address = \"unix:s\"; mode = \"0660\"; } );\n",
+                   "listen = ( { address = \"unix:s\"; mode = 0600; } );\n", names,
+                   sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: mode changed");
+    is_int(diff_of("listen = ( { address = \"unix:s\"; mode = \"0660\"; } );\n",
+                   "listen = ( { address = \"unix:s\"; mode = 0660; } );\n", names,
+                   sizeof(names)),
+           0, "diff listen: the same mode written otherwise");
+    is_int(diff_of("listen = [ \"unix:s\" ];\n",
+                   "listen = ( { address = \"unix:s\"; group = \"root\"; } );\n", names,
+                   sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: group added");
+    is_int(diff_of("listen = [ \"*:1\" ];\n", "listen = [ \"0.0.0.0:1\" ];\n", names,
+                   sizeof(names)),
+           CR_CHANGE_ACCEPTOR, "diff listen: compared as written");
+    remove_tls_files();
+#undef TLS_A
+#undef TLS_B
+}
+
 static void conf_same(const cr_conf_t *a, const cr_conf_t *b, const char *what)
 {
     bool same_listen = a->nlisten == b->nlisten;
@@ -892,6 +1856,16 @@ static void conf_same(const cr_conf_t *a, const cr_conf_t *b, const char *what)
     ok(strcmp(a->prefix, b->prefix) == 0 && strcmp(a->pid_file, b->pid_file) == 0 &&
            strcmp(a->error_log, b->error_log) == 0,
        "%s: paths", what);
+    /* Every setting, through the same comparison a reload makes. */
+    {
+        char names[1024];
+        unsigned d = cr_conf_diff(a, b, names, sizeof(names));
+        if (!ok(d == 0, "%s: cr_conf_diff finds no change", what))
+            tap_diag("changed: %s", names);
+    }
+    ok(a->workers_auto == b->workers_auto &&
+           a->max_receive_message_set == b->max_receive_message_set,
+       "%s: how workers and max_receive_message were given", what);
 }
 
 static void round_trip(const char *text, const char *what)
@@ -926,6 +1900,35 @@ static void test_dump(void)
     FILE *out;
 
     round_trip(LISTEN1, "dump of defaults");
+    make_tls_files();
+    round_trip(
+        "listen = (\n"
+        "  \"127.0.0.1:50051\",\n"
+        "  { address = \"[::1]:50443\"; tls = { cert = \"server.pem\"; key = "
+        "\"server.key\"; "
+        "client_ca = \"ca.pem\"; verify_client = true; }; },\n"
+        "  { address = \"*:50444\"; tls = { cert = \"server.pem\"; key = \"server.key\"; "
+        "}; },\n"
+        "  { address = \"unix:g \\\"q\\\".sock\"; mode = 0600; group = \"root\"; },\n"
+        "  { address = \"unix:/tmp/m.sock\"; mode = \"0\"; }\n"
+        ");\n"
+        "workers = 3;\ntask_timeout_ms = 0;\ntask_retries = 5;\nworker_max_tasks = "
+        "4294967295;\n"
+        "respawn_burst = 1;\nrespawn_window_ms = 100;\nworker_rlimit_nofile = 1048576;\n"
+        "worker_rlimit_core = \"unlimited\";\nworker_cpu_affinity = \"auto\";\n"
+        "acceptors = 2;\nmax_receive_message = \"64m\";\nmax_concurrent_streams = 7;\n"
+        "keepalive_time_ms = 60000;\nkeepalive_timeout_ms = 1000;\n"
+        "max_connection_idle_ms = 86400000;\nmax_connection_age_ms = 1000;\n"
+        "max_connection_age_grace_ms = 0;\nstream_max_pending = 1;\nupdates_capacity = "
+        "1;\n"
+        "shutdown_timeout_ms = 3600000;\nmax_draining_generations = 64;\n"
+        "access_log = \"logs/access.log\";\ndaemon = true;\nuser = \"root\";\n"
+        "group = \"root\";\n",
+        "dump of every new setting");
+    round_trip(LISTEN1 "worker_rlimit_core = \"1g\";\nmax_receive_message = 1025;\n"
+                       "max_payload = 961;\nworker_rlimit_nofile = 1;\n",
+               "dump of odd sizes");
+    round_trip(LISTEN1 "worker_rlimit_core = 0;\n", "dump of worker_rlimit_core 0");
     round_trip(
         "listen = ( \"*:8080\", \"[::1]:8081\", \"unix:crunchd.sock\", "
         "\"unix:/tmp/x \\\"q\\\".sock\" );\n"
@@ -947,7 +1950,92 @@ static void test_dump(void)
     ok(strstr(dump, "log_level = \"notice\";\n") != NULL, "dump text: default level");
     ok(strstr(dump, "queue_wait_ms = 1000;\n") != NULL,
        "dump text: default queue_wait_ms");
+    ok(strstr(dump, "listen = [\n    \"unix:s.sock\"  # ") != NULL,
+       "dump text: only strings, an array");
     free(dump);
+    dump = NULL;
+
+    /* Every default, one line each, in the form a user would write it. */
+    load_ok(LISTEN1, "dump text: defaults load");
+    out = open_memstream(&dump, &len);
+    cr_conf_dump(&conf, out);
+    fclose(out);
+    {
+        static const char *const lines[] = {
+            "task_timeout_ms = 30000;",
+            "task_retries = 0;",
+            "worker_max_tasks = 0;",
+            "respawn_burst = 5;",
+            "respawn_window_ms = 10000;",
+            "worker_rlimit_nofile = 0;",
+            "worker_rlimit_core = -1;  # leave as inherited",
+            "worker_cpu_affinity = \"off\";",
+            "# max_receive_message = 4198400;  # not set: max_payload + 4k",
+            "max_concurrent_streams = 1000;",
+            "keepalive_time_ms = 7200000;",
+            "keepalive_timeout_ms = 20000;",
+            "max_connection_idle_ms = 0;",
+            "max_connection_age_ms = 30000;",
+            "max_connection_age_grace_ms = 10000;",
+            "stream_max_pending = 1024;",
+            "updates_capacity = 65536;",
+            "shutdown_timeout_ms = 60000;",
+            "max_draining_generations = 4;",
+            "access_log = \"off\";",
+            "daemon = false;",
+            "user = \"\";",
+            "group = \"\";",
+        };
+        for (unsigned i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+            char want[128];
+            snprintf(want, sizeof(want), "\n%s\n", lines[i]);
+            ok(strstr(dump, want) != NULL, "dump text: %s", lines[i]);
+        }
+    }
+    free(dump);
+    dump = NULL;
+
+    /* Listeners with more than an address print as groups, in a list. */
+    load_ok("listen = (\n  \"127.0.0.1:1\",\n"
+            "  { address = \"127.0.0.1:2\"; tls = { cert = \"server.pem\"; key = "
+            "\"server.key\"; client_ca = \"ca.pem\"; verify_client = true; }; },\n"
+            "  { address = \"unix:g.sock\"; mode = 0660; group = \"root\"; }\n);\n"
+            "max_receive_message = \"8m\";\nworker_rlimit_core = \"unlimited\";\n",
+            "dump text: groups load");
+    out = open_memstream(&dump, &len);
+    cr_conf_dump(&conf, out);
+    fclose(out);
+    {
+        static char want[6 * PATH_MAX];
+        snprintf(want, sizeof(want),
+                 "listen = (\n"
+                 "    \"127.0.0.1:1\",\n"
+                 "    {\n"
+                 "        address = \"127.0.0.1:2\";\n"
+                 "        tls = {\n"
+                 "            cert = \"%s/server.pem\";\n"
+                 "            key = \"%s/server.key\";\n"
+                 "            client_ca = \"%s/ca.pem\";\n"
+                 "            verify_client = true;\n"
+                 "        };\n"
+                 "    },\n"
+                 "    {\n"
+                 "        address = \"unix:g.sock\";  # %s/g.sock\n"
+                 "        mode = \"0660\";\n"
+                 "        group = \"root\";\n"
+                 "    }\n"
+                 ");\n",
+                 dir, dir, dir, dir);
+        if (!ok(strstr(dump, want) != NULL, "dump text: the group form"))
+            tap_diag("%s", dump);
+    }
+    ok(strstr(dump, "\nmax_receive_message = 8388608;  # 8m\n") != NULL &&
+           strstr(dump, "not set: max_payload") == NULL,
+       "dump text: a set max_receive_message has no note");
+    ok(strstr(dump, "\nworker_rlimit_core = \"unlimited\";\n") != NULL,
+       "dump text: unlimited");
+    free(dump);
+    remove_tls_files();
 }
 
 static void test_shipped(void)
@@ -972,6 +2060,20 @@ static void test_shipped(void)
        "shipped: pid_file in prefix");
     is_int(conf.shm_size, 64 << 20, "shipped: shm_size 64m");
     is_int(conf.max_payload, 4 << 20, "shipped: max_payload 4m");
+    /* The shipped file states the defaults; it changes none of them. */
+    {
+        cr_conf_t *def = malloc(sizeof(*def));
+        char names[1024];
+        cr_conf_defaults(def, dir);
+        def->listen[0] = conf.listen[0];
+        def->nlisten = 1;
+        if (!ok(cr_conf_diff(def, &conf, names, sizeof(names)) == 0,
+                "shipped: every setting at its default"))
+            tap_diag("differ: %s", names);
+        free(def);
+    }
+    ok(!conf.daemon && conf.user[0] == '\0' && conf.access_log[0] == '\0',
+       "shipped: runs in the foreground, as the invoking user, no access log");
 }
 
 int main(void)
@@ -994,6 +2096,17 @@ int main(void)
     test_strings();
     test_unknown();
     test_listen();
+    test_new_integers();
+    test_bool();
+    test_accounts();
+    test_access_log();
+    test_rlimit_core();
+    test_affinity();
+    test_channel();
+    test_listen_groups();
+    test_diff_classes();
+    test_diff_table();
+    test_diff_listen();
     test_syntax_and_files();
     test_dump();
     test_shipped();
