@@ -1,8 +1,9 @@
-/* crunchd.c: main: the command line (-c -p -t -T -v -V), then the master. */
+/* crunchd.c: main: the command line (-c -p -t -T -s -v -V), then the master. */
 #include "cr_core.h"
 #include "conf.h"
 #include "log.h"
 #include "master.h"
+#include "os.h"
 #include "process.h"
 
 #include <getopt.h>
@@ -15,19 +16,25 @@
 static void cr_usage(FILE *out)
 {
     fprintf(out,
-            "Usage: crunchd [-c FILE] [-p PREFIX] [-t | -T] [-v | -V] [-h]\n"
+            "Usage: crunchd [-c FILE] [-p PREFIX] [-t | -T | -s SIGNAL] [-v | -V] [-h]\n"
             "\n"
             "  -c FILE    configuration file (default: %s)\n"
             "  -p PREFIX  directory that relative paths in the configuration are\n"
             "             relative to (default: the current directory)\n"
             "  -t         test the configuration and exit\n"
             "  -T         test the configuration, print it with defaults filled in, exit\n"
+            "  -s SIGNAL  send SIGNAL to the master named by pid_file, then exit:\n"
+            "               reload  re-read the configuration (SIGHUP)\n"
+            "               stop    stop at once (SIGTERM)\n"
+            "               quit    stop after the calls and tasks in hand (SIGQUIT)\n"
+            "               reopen  reopen the log files, after logrotate (SIGUSR1)\n"
             "  -v         print the version and exit\n"
             "  -V         print the version, libraries and build options and exit\n"
             "  -h         this help\n"
             "\n"
-            "Signals to the master: TERM or INT stop at once, QUIT stops after the\n"
-            "tasks in hand, USR1 reopens the log files.\n",
+            "Signals to the master: HUP reloads, TERM or INT stop at once, QUIT stops\n"
+            "after the tasks in hand, USR1 reopens the log files, TTIN and TTOU add and\n"
+            "remove a worker.\n",
             CRUNCHD_CONF_PATH);
 }
 
@@ -51,19 +58,20 @@ static void cr_print_build(void)
 
 int main(int argc, char **argv)
 {
-    const char *file = CRUNCHD_CONF_PATH, *prefix = NULL;
+    const char *file = CRUNCHD_CONF_PATH, *prefix = NULL, *action = NULL;
     bool test = false, dump = false;
     char pbuf[PATH_MAX], err[1024];
     int opt;
     static cr_conf_t conf;
 
     cr_role = CR_ROLE_TOOL;
-    while ((opt = getopt(argc, argv, "c:p:tTvVh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:p:tTs:vVh")) != -1) {
         switch (opt) {
         case 'c': file = optarg; break;
         case 'p': prefix = optarg; break;
         case 't': test = true; break;
         case 'T': test = dump = true; break;
+        case 's': action = optarg; break;
         case 'v': printf("crunchd version %s\n", PACKAGE_VERSION); return 0;
         case 'V': cr_print_build(); return 0;
         case 'h': cr_usage(stdout); return 0;
@@ -72,6 +80,16 @@ int main(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "crunchd: unexpected argument \"%s\"; see crunchd -h\n", argv[optind]);
+        return 1;
+    }
+    if (action && cr_os_signal_by_name(action) == -1) {
+        fprintf(stderr, "crunchd: invalid option: \"-s %s\"; SIGNAL is one of %s\n\n",
+                action, CR_OS_SIGNAL_ACTIONS);
+        cr_usage(stderr);
+        return 1;
+    }
+    if (action && test) {
+        fprintf(stderr, "crunchd: -s cannot be combined with -t or -T; see crunchd -h\n");
         return 1;
     }
     if (prefix) {
@@ -89,6 +107,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "crunchd: configuration file %s test failed\n", file);
         return 1;
     }
+    if (action)
+        return cr_os_signal_master(&conf, action);
     if (test) {
         if (dump) {
             printf("# configuration file %s, with defaults filled in:\n", conf.file);
@@ -102,7 +122,17 @@ int main(int argc, char **argv)
 
     cr_proctitle_init(argc, argv);
     cr_log_level = conf.log_level;
+    /* Before the log is opened, so that an unknown user is shown on the
+     * terminal like any other configuration error. */
+    if (cr_os_user_init(conf.user, conf.group) != CR_OK)
+        return 1;
     if (cr_log_open(conf.error_log) != CR_OK)
         return 1;
+    /* Children that drop to `user` must be able to reopen the log on SIGUSR1. */
+    cr_os_log_owner(cr_log_fd(), conf.error_log);
+    if (conf.daemon && getenv("NOTIFY_SOCKET"))
+        cr_log(CR_LOG_WARN, 0, "daemon = true under systemd (NOTIFY_SOCKET is set): the "
+               "master detaches, so systemd cannot take it for the main process; set "
+               "daemon = false in %s for Type=notify or Type=notify-reload", conf.file);
     return cr_master_run(&conf);
 }
