@@ -8,10 +8,14 @@
 /* Everything an acceptor inherits from the master at fork. */
 typedef struct {
     const cr_conf_t *conf;
-    cr_region_t *region;
+    cr_region_t *region;    /* this generation's queues */
+    cr_region_t *feed;      /* the updates feed (Submit/Updates), shared by all generations */
     unsigned slot;          /* acceptor slot in the region */
     unsigned generation;
-    const int *listen_fds;  /* listening sockets, bound by the master (one per conf->listen[i]) */
+    int row;                /* this process's row in the control page (ctl.h) */
+    const int *listen_fds;  /* listening sockets, bound by the master (one per
+                             * conf->listen[i]; -1 for a TLS listener, which
+                             * gRPC binds itself with SO_REUSEPORT) */
     unsigned nlisten;
 } cr_acceptor_ctx_t;
 

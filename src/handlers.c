@@ -303,11 +303,66 @@ static int handler_sleep(const uint8_t *in, size_t len, cr_buf_t *out)
 /* --- the table -------------------------------------------------------------- */
 
 /* The index is what task descriptors carry: append, never reorder. */
+#ifdef CR_TEST_HANDLERS
+/* Test-only handlers, compiled into t/crunchd-test (make check) and never into
+ * the installed crunchd: they crash, hang or exit on demand for the
+ * supervision tests. Payload of test_crash: "segv", "abort", or a file path:
+ * crash the first time (creating the file), succeed once it exists (a task
+ * that works on its retry). */
+#include <fcntl.h>
+#include <signal.h>
+
+static int handler_test_crash(const uint8_t *in, size_t len, cr_buf_t *out)
+{
+    char arg[512];
+    size_t n = len < sizeof(arg) - 1 ? len : sizeof(arg) - 1;
+    memcpy(arg, in, n);
+    arg[n] = '\0';
+    if (strcmp(arg, "abort") == 0)
+        abort();
+    if (arg[0] == '/') {
+        int fd = open(arg, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd == -1)
+            return handler_output(out, "test_crash", "survived", 8);
+        close(fd);
+    }
+    raise(SIGSEGV);
+    return CR_STATUS_INTERNAL;
+}
+
+__attribute__((noreturn)) static int handler_test_exit(const uint8_t *in, size_t len,
+                                                      cr_buf_t *out)
+{
+    char code[16] = "3";
+    (void)out;
+    if (len > 0 && len < sizeof(code)) {
+        memcpy(code, in, len);
+        code[len] = '\0';
+    }
+    _exit(atoi(code));
+}
+
+__attribute__((noreturn)) static int handler_test_hang(const uint8_t *in, size_t len,
+                                                      cr_buf_t *out)
+{
+    (void)in;
+    (void)len;
+    (void)out;
+    for (;;)
+        pause();
+}
+#endif
+
 const cr_handler_t cr_handlers[] = {
     {"echo", handler_echo},
     {"prime", handler_prime},
     {"gcd", handler_gcd},
     {"sleep", handler_sleep},
+#ifdef CR_TEST_HANDLERS
+    {"test_crash", handler_test_crash},
+    {"test_exit", handler_test_exit},
+    {"test_hang", handler_test_hang},
+#endif
 };
 
 const unsigned cr_nhandlers = cr_nelem(cr_handlers);

@@ -12,7 +12,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-_Static_assert(sizeof(cr_task_sh_t) == 128, "descriptor is two cache lines");
+_Static_assert(sizeof(cr_task_sh_t) == 192, "descriptor is three cache lines");
 _Static_assert(sizeof(cr_acceptor_sh_t) == CR_CACHELINE, "acceptor slot is a line");
 _Static_assert(sizeof(cr_worker_sh_t) == CR_CACHELINE, "worker slot is a line");
 
@@ -35,7 +35,7 @@ struct cr_region_sh_s {
     uint32_t ring_mask;
     uint32_t nacceptors;
     uint32_t min_order, max_order;
-    uint32_t pad0;
+    uint32_t is_feed;
     uint64_t arena_size;
     uint64_t size;
     uint64_t tasks_off, task_ring_off, result_rings_off, acceptors_off, workers_off,
@@ -189,6 +189,7 @@ static void cr_region_bind(cr_region_t *r, void *base)
     r->ntasks = sh->ntasks;
     r->ring_mask = sh->ring_mask;
     r->nacceptors = sh->nacceptors;
+    r->is_feed = sh->is_feed != 0;
 }
 
 static inline uint32_t *cr_result_ring(cr_region_t *r, unsigned a)
@@ -513,6 +514,7 @@ cr_region_t *cr_region_create(const cr_region_conf_t *rc)
     sh->ntasks = ntasks;
     sh->ring_mask = ring - 1;
     sh->nacceptors = nacc;
+    sh->is_feed = rc->feed;
     sh->min_order = CR_ARENA_MIN_ORDER;
     sh->max_order = max_order;
     sh->arena_size = arena;
@@ -598,8 +600,65 @@ static void cr_master_lock(cr_region_t *r, pid_t dead)
     }
 }
 
+/* The key a Submit task stamps on its feed reservation: which task of which
+ * generation owns it. A descriptor is not reused before its feed entry is
+ * filled, so the key is unique among reservations. */
+static inline uint64_t cr_feed_key(cr_region_t *r, uint32_t d)
+{
+    return (uint64_t)r->sh->generation << 32 | d;
+}
+
+static bool cr_feed_fill(cr_region_t *feed, uint32_t fd, uint64_t key, const cr_task_sh_t *t,
+                         int code, uint32_t flags, const void *out, size_t len);
+
+/* Settle task d of a dead worker (under r's lock): queue it again, or fail
+ * it; to its acceptor, or to the updates feed. Returns true if an acceptor
+ * must be woken (*acc set). */
+static bool cr_reap_task_locked(cr_region_t *r, uint32_t d, int wstatus,
+                                unsigned max_retries, bool timed_out, bool *wake_workers,
+                                unsigned *acc)
+{
+    cr_task_sh_t *t = &r->tasks[d];
+    uint32_t flags = __atomic_load_n(&t->flags, __ATOMIC_ACQUIRE);
+
+    if (flags & CR_TASK_CANCELLED) {
+        cr_desc_free_locked(r, d);
+        return false;
+    }
+    if (!timed_out && t->attempt < max_retries) {
+        /* Another attempt, on whichever worker takes it: the dead one is
+         * reaped already, so the task never runs twice at once. */
+        t->attempt++;
+        t->worker_pid = 0;
+        if (t->result_off != CR_NONE64) {
+            cr_arena_free(r, t->result_off, t->result_order);
+            t->result_off = CR_NONE64;
+        }
+        t->result_len = 0;
+        cr_task_push_locked(r, d);
+        *wake_workers = true;
+        return false;
+    }
+    t->code = timed_out ? CR_STATUS_DEADLINE_EXCEEDED : CR_STATUS_ABORTED;
+    t->wstatus = wstatus;
+    t->end_ns = cr_now_ns();
+    t->result_len = 0;
+    __atomic_or_fetch(&t->flags, timed_out ? CR_TASK_TIMED_OUT : CR_TASK_WORKER_DIED,
+                      __ATOMIC_RELEASE);
+    if (t->feed_d != CR_NONE) {
+        /* A Submit task: its result goes to the feed, unless the worker had
+         * filled the entry already and died before freeing the task. */
+        if (r->feed)
+            cr_feed_fill(r->feed, t->feed_d, cr_feed_key(r, d), t, t->code, t->flags, NULL, 0);
+        cr_desc_free_locked(r, d);
+        return false;
+    }
+    *acc = t->acceptor;
+    return cr_result_push_locked(r, d);
+}
+
 unsigned cr_region_reap(cr_region_t *r, pid_t pid, cr_role_t role, unsigned slot,
-                        int wstatus, bool retry)
+                        int wstatus, unsigned max_retries, bool timed_out)
 {
     cr_region_sh_t *sh = r->sh;
     unsigned touched = 0;
@@ -615,34 +674,30 @@ unsigned cr_region_reap(cr_region_t *r, pid_t pid, cr_role_t role, unsigned slot
             continue;
         if (role == CR_ROLE_ACCEPTOR && t->acceptor == slot && t->acceptor_pid == pid) {
             if (st == CR_TASK_QUEUED || st == CR_TASK_RUNNING) {
-                /* A worker frees it: skipped if queued, dropped when it finishes. */
-                __atomic_or_fetch(&t->flags, CR_TASK_CANCELLED, __ATOMIC_RELEASE);
+                /* A Submit task does not need its acceptor: it goes on. A call's
+                 * task is freed by a worker: skipped if queued, dropped when
+                 * it finishes. */
+                if (t->feed_d == CR_NONE)
+                    __atomic_or_fetch(&t->flags, CR_TASK_CANCELLED, __ATOMIC_RELEASE);
             } else {
                 cr_desc_free_locked(r, d);
             }
             touched++;
-        } else if (role == CR_ROLE_WORKER && st == CR_TASK_RUNNING && t->worker_pid == pid) {
-            touched++;
-            if (__atomic_load_n(&t->flags, __ATOMIC_ACQUIRE) & CR_TASK_CANCELLED) {
-                cr_desc_free_locked(r, d);
-            } else if (retry) {
-                t->attempt++;
-                t->worker_pid = 0;
-                if (t->result_off != CR_NONE64) {
-                    cr_arena_free(r, t->result_off, t->result_order);
-                    t->result_off = CR_NONE64;
-                }
-                t->result_len = 0;
+        } else if (role == CR_ROLE_WORKER && st == CR_TASK_RUNNING && r->is_feed) {
+            if (t->acceptor_pid == pid) {
+                /* A subscriber died holding a feed entry: back to the feed. */
+                t->acceptor_pid = 0;
                 cr_task_push_locked(r, d);
                 wake_workers = true;
-            } else {
-                t->code = CR_STATUS_ABORTED;
-                t->wstatus = wstatus;
-                t->end_ns = cr_now_ns();
-                t->result_len = 0;
-                __atomic_or_fetch(&t->flags, CR_TASK_WORKER_DIED, __ATOMIC_RELEASE);
-                if (cr_result_push_locked(r, d) && t->acceptor < 64)
-                    wake_acc |= 1ull << t->acceptor;
+                touched++;
+            }
+        } else if (role == CR_ROLE_WORKER && st == CR_TASK_RUNNING && t->worker_pid == pid) {
+            unsigned acc = 0;
+            touched++;
+            if (cr_reap_task_locked(r, d, wstatus, max_retries, timed_out,
+                                           &wake_workers, &acc) &&
+                       acc < 64) {
+                wake_acc |= 1ull << acc;
             }
         }
     }
@@ -653,6 +708,7 @@ unsigned cr_region_reap(cr_region_t *r, pid_t pid, cr_role_t role, unsigned slot
             /* Every DONE task of this acceptor was freed above: the ring is empty. */
             a->head = a->tail = 0;
             a->sleeping = 0;
+            a->conns = 0;
             a->pid = 0;
         }
     } else if (role == CR_ROLE_WORKER && slot < CR_WORKER_SLOTS) {
@@ -758,6 +814,13 @@ int cr_task_submit(cr_region_t *r, const cr_submit_t *s, uint32_t *dp)
     t->code = 0;
     t->wstatus = 0;
     t->out_wanted = 0;
+    t->feed_d = s->feed_d;
+    if (s->feed_d != CR_NONE && r->feed) {
+        /* The reservation is ours while FILLING: stamp which task owns it, so
+         * that the master can tell it from a reservation nobody submitted. */
+        cr_task_sh_t *e = &((cr_region_t *)r->feed)->tasks[s->feed_d];
+        __atomic_store_n(&e->tag, cr_feed_key(r, d), __ATOMIC_RELEASE);
+    }
     /* Commit: from here on the descriptor and its block belong to this acceptor. */
     __atomic_store_n(&t->state, CR_TASK_FILLING, __ATOMIC_RELEASE);
 
@@ -850,8 +913,12 @@ void cr_task_error_text(cr_region_t *r, uint32_t d, const char *handler_name, ch
         char how[64];
         cr_wait_status_text(t->wstatus, how, sizeof(how));
         snprintf(buf, len, "worker %u (pid %d) %s while running task %" PRIu64
-                 " (handler %s); the task was not retried (task_retries)",
-                 t->worker, (int)t->worker_pid, how, t->id, h);
+                 " (handler %s), attempt %u of %u; see task_retries", t->worker,
+                 (int)t->worker_pid, how, t->id, h, t->attempt + 1u, t->attempt + 1u);
+    } else if (flags & CR_TASK_TIMED_OUT) {
+        snprintf(buf, len, "task %" PRIu64 " (handler %s) ran longer than task_timeout_ms; "
+                 "worker %u (pid %d) was killed and replaced", t->id, h, t->worker,
+                 (int)t->worker_pid);
     } else if (flags & CR_TASK_NO_ROOM) {
         snprintf(buf, len, "task %" PRIu64 " (handler %s): its output of %u bytes did not "
                  "fit in the payload arena; raise shm_size", t->id, h, t->out_wanted);
@@ -869,12 +936,154 @@ void cr_task_error_text(cr_region_t *r, uint32_t d, const char *handler_name, ch
     }
 }
 
+/* --- updates feed ------------------------------------------------------------ */
+
+int cr_feed_reserve(cr_region_t *feed, uint32_t *fdp)
+{
+    cr_region_sh_t *sh = feed->sh;
+    uint32_t me = cr_self();
+    cr_lock(sh, me);
+    uint32_t fd = sh->free_head;
+    if (fd == CR_NONE) {
+        sh->rejected_full++;
+        cr_unlock(sh);
+        return CR_AGAIN;
+    }
+    cr_task_sh_t *e = &feed->tasks[fd];
+    sh->free_head = e->next;
+    sh->free_count--;
+    e->flags = 0;
+    e->next = CR_NONE;
+    e->tag = 0; /* stamped by cr_task_submit */
+    e->payload_off = CR_NONE64;
+    e->payload_len = 0;
+    e->result_off = CR_NONE64;
+    e->result_len = 0;
+    e->acceptor = 0;
+    e->acceptor_pid = (int32_t)me;
+    e->worker_pid = 0;
+    e->feed_d = CR_NONE;
+    __atomic_store_n(&e->state, CR_TASK_FILLING, __ATOMIC_RELEASE);
+    sh->submitted++;
+    cr_unlock(sh);
+    *fdp = fd;
+    return CR_OK;
+}
+
+void cr_feed_unreserve(cr_region_t *feed, uint32_t fd)
+{
+    cr_region_sh_t *sh = feed->sh;
+    cr_lock(sh, cr_self());
+    if (feed->tasks[fd].state == CR_TASK_FILLING)
+        cr_desc_free_locked(feed, fd);
+    cr_unlock(sh);
+}
+
+void cr_feed_requeue(cr_region_t *feed, uint32_t d)
+{
+    cr_region_sh_t *sh = feed->sh;
+    cr_lock(sh, cr_self());
+    feed->tasks[d].acceptor_pid = 0;
+    cr_task_push_locked(feed, d);
+    bool wake = sh->task_sleepers > 0;
+    cr_unlock(sh);
+    if (wake)
+        cr_futex_wake(&sh->task_futex, 1);
+}
+
+/* Fill reserved entry fd with the result of task t, if it is still the
+ * reservation of that task (key); then it waits in the feed for a subscriber.
+ * Returns false if it was filled already (or is not that task's). */
+static bool cr_feed_fill(cr_region_t *feed, uint32_t fd, uint64_t key, const cr_task_sh_t *t,
+                         int code, uint32_t flags, const void *out, size_t len)
+{
+    cr_region_sh_t *sh = feed->sh;
+    cr_task_sh_t *e = &feed->tasks[fd];
+    uint32_t me = cr_self();
+    uint64_t off = CR_NONE64;
+    uint8_t order = 0;
+
+    cr_lock(sh, me);
+    if (fd >= feed->ntasks || e->state != CR_TASK_FILLING || e->tag != key) {
+        cr_unlock(sh);
+        return false;
+    }
+    if (len > 0) {
+        off = cr_arena_alloc(feed, len, &order);
+        if (off == CR_NONE64) {
+            flags |= CR_TASK_NO_ROOM;
+            e->out_wanted = (uint32_t)(len > UINT32_MAX ? UINT32_MAX : len);
+            code = CR_STATUS_RESOURCE_EXHAUSTED;
+            len = 0;
+        } else {
+            e->result_order = order;
+            e->result_off = off;
+            memcpy(feed->arena + off, out, len); /* under the lock: rare and bounded */
+        }
+    }
+    e->id = t->id;
+    e->handler = t->handler;
+    e->code = code;
+    e->flags = flags & ~CR_TASK_CANCELLED;
+    e->worker = t->worker;
+    e->attempt = t->attempt;
+    e->wstatus = t->wstatus;
+    e->enqueue_ns = t->enqueue_ns;
+    e->start_ns = t->start_ns;
+    e->end_ns = t->end_ns;
+    e->result_len = (uint32_t)len;
+    e->acceptor_pid = 0; /* while taken: the subscriber's pid */
+    e->worker_pid = t->worker_pid;
+    cr_task_push_locked(feed, fd);
+    sh->completed++;
+    bool wake = sh->task_sleepers > 0;
+    cr_unlock(sh);
+    if (wake)
+        cr_futex_wake(&sh->task_futex, 1);
+    return true;
+}
+
+void cr_feed_reap(cr_region_t *feed, pid_t pid, int row, cr_region_t *const *regions,
+                  unsigned nregions)
+{
+    /* Entries it held as a subscriber go back to the feed. */
+    cr_region_reap(feed, pid, CR_ROLE_WORKER, row >= 0 ? (unsigned)row : CR_WORKER_SLOTS,
+                   0, 0, false);
+
+    /* Reservations it made: kept if a task owns them (the task fills them
+     * later), freed otherwise. The regions' own reap ran first, so a task it
+     * was still filling is gone already. */
+    cr_region_sh_t *sh = feed->sh;
+    cr_master_lock(feed, pid);
+    for (uint32_t fd = 0; fd < feed->ntasks; fd++) {
+        cr_task_sh_t *e = &feed->tasks[fd];
+        if (e->state != CR_TASK_FILLING || e->acceptor_pid != pid)
+            continue;
+        bool owned = false;
+        uint64_t key = __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE);
+        for (unsigned i = 0; i < nregions && !owned && key; i++) {
+            cr_region_t *r = regions[i];
+            uint32_t d = (uint32_t)key;
+            if ((key >> 32) != r->sh->generation || d >= r->ntasks)
+                continue;
+            owned = __atomic_load_n(&r->tasks[d].state, __ATOMIC_ACQUIRE) != CR_TASK_FREE &&
+                    r->tasks[d].feed_d == fd;
+        }
+        if (owned)
+            e->acceptor_pid = 0; /* the task's now */
+        else
+            cr_desc_free_locked(feed, fd);
+    }
+    cr_unlock(sh);
+}
+
 /* --- worker ------------------------------------------------------------------ */
 
-void cr_worker_attach(cr_region_t *r, unsigned w)
+void cr_worker_attach(cr_region_t *r, unsigned w, unsigned number)
 {
     cr_region_sh_t *sh = r->sh;
     cr_lock(sh, cr_self());
+    r->workers[w].number = number;
     r->workers[w].pid = (int32_t)cr_self();
     r->workers[w].state = CR_WORKER_IDLE;
     r->workers[w].sleeping = 0;
@@ -899,11 +1108,17 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
                 cr_desc_free_locked(r, d);
                 continue;
             }
-            t->worker = (uint16_t)w;
-            t->worker_pid = (int32_t)me;
-            t->start_ns = cr_now_ns();
+            ws->start_ns = cr_now_ns();
+            if (r->is_feed) {
+                /* A feed entry keeps the worker, pid and times of the task it
+                 * reports; its subscriber is recorded as its acceptor. */
+                t->acceptor_pid = (int32_t)me;
+            } else {
+                t->worker_pid = (int32_t)me;
+                t->worker = (uint16_t)ws->number;
+                t->start_ns = ws->start_ns;
+            }
             ws->task = d;
-            ws->start_ns = t->start_ns;
             ws->state = CR_WORKER_BUSY;
             __atomic_store_n(&t->state, CR_TASK_RUNNING, __ATOMIC_RELEASE);
             CR_TEST_POINT(9);
@@ -938,6 +1153,23 @@ void cr_task_finish(cr_region_t *r, unsigned w, uint32_t d, int code, const void
     uint32_t me = cr_self();
     uint64_t off = CR_NONE64;
     uint8_t order = 0;
+
+    if (t->feed_d != CR_NONE) {
+        /* A Submit task: the result goes to the updates feed, then the task
+         * is freed. Dying in between is settled by the master (the entry is
+         * filled already, so it is not filled twice). */
+        t->end_ns = cr_now_ns();
+        if (r->feed)
+            cr_feed_fill(r->feed, t->feed_d, cr_feed_key(r, d), t, code, t->flags, out, len);
+        cr_lock(sh, me);
+        ws->task = CR_NONE;
+        ws->state = CR_WORKER_IDLE;
+        ws->tasks_done++;
+        sh->completed++;
+        cr_desc_free_locked(r, d);
+        cr_unlock(sh);
+        return;
+    }
 
     cr_lock(sh, me);
     if (len > 0 && !(__atomic_load_n(&t->flags, __ATOMIC_ACQUIRE) & CR_TASK_CANCELLED)) {

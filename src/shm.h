@@ -55,6 +55,7 @@ typedef enum {
 #define CR_TASK_WORKER_DIED 0x2u /* code is ABORTED because the worker died */
 #define CR_TASK_EXPIRED 0x4u     /* deadline passed before a worker ran it */
 #define CR_TASK_NO_ROOM 0x8u     /* the output did not fit in the arena */
+#define CR_TASK_TIMED_OUT 0x10u  /* ran past task_timeout_ms: its worker was killed */
 
 typedef struct {
     uint32_t state;        /* cr_task_state_t; written last when a change commits */
@@ -82,7 +83,8 @@ typedef struct {
     int32_t code;          /* CR_STATUS_* of the result */
     int32_t wstatus;       /* wait status of a worker that died running it */
     uint32_t out_wanted;   /* CR_TASK_NO_ROOM: the output size that did not fit */
-    uint8_t pad[4];
+    uint32_t feed_d;       /* Submit: its reserved updates-feed entry, CR_NONE for a call */
+    uint32_t pad[16];
 } cr_task_sh_t;
 
 /* One per acceptor slot. */
@@ -90,7 +92,8 @@ typedef struct {
     int32_t pid;
     uint32_t futex;        /* bumped on every push to this ring */
     uint32_t sleeping;     /* the result thread waits on futex (under lock) */
-    uint32_t pad0;
+    uint32_t conns;        /* open client connections (written by the acceptor,
+                            * read by its siblings to balance accepting) */
     uint64_t head, tail;   /* result ring positions (under lock) */
     uint64_t results;      /* results delivered (counter) */
     uint8_t pad[CR_CACHELINE - 40];
@@ -110,9 +113,13 @@ typedef struct {
     uint32_t task;         /* descriptor running, CR_NONE if idle */
     uint64_t start_ns;     /* when the running task started */
     uint64_t tasks_done;
-    uint8_t pad[CR_CACHELINE - 32];
+    uint32_t number;       /* the worker number clients see (Result.worker) */
+    uint8_t pad[CR_CACHELINE - 36];
 } __attribute__((aligned(CR_CACHELINE))) cr_worker_sh_t;
 
+/* Worker slots of a region are indexed by the process's control-page row, so
+ * that old and new workers of one generation (a worker-level reload) never
+ * share a slot. */
 #define CR_WORKER_SLOTS 1024
 #define CR_ARENA_MIN_ORDER 6 /* 64-byte blocks */
 
@@ -122,12 +129,13 @@ typedef struct {
     unsigned acceptors;      /* result rings */
     uint64_t arena_size;     /* payload arena bytes */
     uint64_t max_block;      /* largest single payload or result */
+    bool feed;               /* the updates feed, not a generation */
 } cr_region_conf_t;
 
 typedef struct cr_region_sh_s cr_region_sh_t;
 
 /* Process-local handle on a mapped region. */
-typedef struct {
+typedef struct cr_region_s {
     cr_region_sh_t *sh;
     size_t size;
     int fd;                  /* memfd, kept by the master only */
@@ -141,6 +149,9 @@ typedef struct {
     uint32_t ntasks;
     uint32_t ring_mask;
     unsigned nacceptors;
+    bool is_feed;
+    struct cr_region_s *feed; /* the updates feed (a process-local pointer set by
+                               * the master before forking), NULL in the feed */
 } cr_region_t;
 
 /* Region-wide figures, read without the lock (approximate under load). */
@@ -166,12 +177,21 @@ void cr_region_destroy(cr_region_t *r);
  *   - acceptor: free what it was filling and what waits in its result ring,
  *     mark its queued and running tasks cancelled (their results are dropped);
  *   - worker: a task it was running fails with ABORTED (CR_TASK_WORKER_DIED,
- *     wstatus recorded) and goes to its acceptor, unless `retry` is true and the
- *     task may run again, in which case it is queued again (attempt + 1).
+ *     wstatus recorded), or DEADLINE_EXCEEDED when the master killed it for
+ *     task_timeout_ms (timed_out), and goes to its acceptor (a Submit task's
+ *     result goes to the updates feed); unless the task has run fewer than
+ *     1 + max_retries times and did not time out: then it is queued again.
  * `slot` is the acceptor slot or worker slot index. Returns the number of tasks
  * the death touched (for the obituary). */
 unsigned cr_region_reap(cr_region_t *r, pid_t pid, cr_role_t role, unsigned slot,
-                        int wstatus, bool retry);
+                        int wstatus, unsigned max_retries, bool timed_out);
+
+/* The updates feed's part of a child's death: a dead acceptor's unused
+ * reservations are freed (those its submitted tasks own are kept: the master
+ * passes every live generation region so they can be told apart), and feed
+ * entries it had taken as a subscriber go back to the feed. */
+void cr_feed_reap(cr_region_t *feed, pid_t pid, int row, cr_region_t *const *regions,
+                  unsigned nregions);
 
 void cr_region_stats(cr_region_t *r, cr_region_stats_t *st);
 
@@ -186,6 +206,8 @@ typedef struct {
     uint64_t deadline_ns; /* 0 = none */
     uint32_t handler;
     unsigned acceptor;    /* slot */
+    uint32_t feed_d;      /* Submit: the reserved updates-feed descriptor; CR_NONE for a
+                           * call. Always set it: 0 is a valid feed descriptor. */
     const void *payload;
     size_t len;
 } cr_submit_t;
@@ -218,10 +240,39 @@ void cr_task_release(cr_region_t *r, uint32_t d);
 void cr_task_error_text(cr_region_t *r, uint32_t d, const char *handler_name,
                         char *buf, size_t len);
 
+/* --- updates feed ------------------------------------------------------------
+ * The feed is a region of its own (cr_region_create with acceptors = 1), made
+ * once by the master and shared by every generation. Its task queue is the
+ * feed: entries are results of Submit tasks waiting for an Updates subscriber.
+ * A Submit reserves an entry first (so a full feed is a refusal at the door,
+ * never a dropped result); the worker, or the master if the worker dies, fills
+ * it; a subscriber takes it like a worker takes a task (cr_task_take, then
+ * cr_task_release once sent). A subscriber that dies holding one is reaped
+ * with retry, which puts the entry back for another subscriber. */
+
+/* Reserve a feed entry for a task being submitted. Returns CR_OK with *fd, or
+ * CR_AGAIN when the feed is full (updates_capacity). The reservation belongs
+ * to the task (cr_submit_t.feed_d) from then on, not to the acceptor. */
+int cr_feed_reserve(cr_region_t *feed, uint32_t *fd);
+
+/* Give back a reservation whose task could not be submitted. */
+void cr_feed_unreserve(cr_region_t *feed, uint32_t fd);
+
+/* A subscriber took entry d but could not send it (its stream ended): put it
+ * back at the head of the feed for another subscriber. */
+void cr_feed_requeue(cr_region_t *feed, uint32_t d);
+
+/* Feed entries carry the result in the descriptor fields: id, handler, code,
+ * flags, worker, worker_pid, start_ns - enqueue_ns (queued), end_ns - start_ns
+ * (run) of the original task, and the output (or the worker's error message)
+ * as the result bytes (cr_task_result); cr_task_error_text works on them with
+ * the feed region. While a subscriber holds an entry, acceptor_pid is its pid. */
+
 /* --- worker ---------------------------------------------------------------- */
 
-/* Register worker slot w as pid (called by the worker itself at start). */
-void cr_worker_attach(cr_region_t *r, unsigned w);
+/* Register worker slot w (the process's control-page row) as this process,
+ * reporting `number` in results (called by the worker itself at start). */
+void cr_worker_attach(cr_region_t *r, unsigned w, unsigned number);
 
 /* Take the oldest queued task, waiting up to timeout_ms (-1 = forever). Tasks
  * cancelled meanwhile are freed on the way. Marks it RUNNING by this worker and

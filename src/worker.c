@@ -1,6 +1,7 @@
 /* worker.c: the CPU worker process: takes one task at a time from the shared
  * queue, runs its handler, writes the result back. Never touches gRPC. */
 #include "cr_core.h"
+#include "ctl.h"
 #include "handlers.h"
 #include "log.h"
 #include "worker.h"
@@ -54,14 +55,18 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
     cr_task_sh_t *t = cr_task(r, d);
     const char *hname = t->handler < cr_nhandlers ? cr_handlers[t->handler].name : "?";
 
+    uint64_t queued_us = (t->start_ns - t->enqueue_ns) / 1000u;
+    uint32_t handler = t->handler;
+
     if (t->deadline_ns && t->start_ns >= t->deadline_ns) {
         __atomic_or_fetch(&t->flags, CR_TASK_EXPIRED, __ATOMIC_RELEASE);
         cr_log_debug("task %" PRIu64 " (handler %s) expired after %" PRIu64
-                     " ms in the queue; not run", t->id, hname,
-                     (t->start_ns - t->enqueue_ns) / 1000000u);
-        cr_task_finish(r, ctx->slot, d, CR_STATUS_DEADLINE_EXCEEDED, NULL, 0);
+                     " ms in the queue; not run", t->id, hname, queued_us / 1000u);
+        cr_task_finish(r, (unsigned)ctx->row, d, CR_STATUS_DEADLINE_EXCEEDED, NULL, 0);
+        cr_ctl_task_end(ctx->row, handler, CR_STATUS_DEADLINE_EXCEEDED, queued_us, 0);
         return;
     }
+    cr_ctl_task_start(ctx->row, t->id, handler);
     cr_buf_reset(out);
     int code;
     if (t->handler >= cr_nhandlers) {
@@ -72,7 +77,9 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
     } else {
         code = cr_handlers[t->handler].run(cr_task_payload(r, d), t->payload_len, out);
     }
-    cr_task_finish(r, ctx->slot, d, code, out->data, out->len);
+    uint64_t run_us = (cr_now_ns() - t->start_ns) / 1000u;
+    cr_task_finish(r, (unsigned)ctx->row, d, code, out->data, out->len);
+    cr_ctl_task_end(ctx->row, handler, code, queued_us, run_us);
 
     /* A huge output leaves a huge buffer: give it back so an idle worker stays small. */
     if (out->cap > (1u << 20))
@@ -84,9 +91,13 @@ void cr_worker_main(const cr_worker_ctx_t *ctx)
     cr_region_t *r = ctx->region;
     cr_buf_t out = {.max = ctx->conf->max_payload};
 
+    uint64_t done = 0, max = ctx->conf->worker_max_tasks;
+
     cr_role = CR_ROLE_WORKER;
-    cr_worker_attach(r, ctx->slot);
+    r->feed = ctx->feed;
+    cr_worker_attach(r, (unsigned)ctx->row, ctx->slot);
     cr_worker_signals();
+    __atomic_store_n(&cr_ctl->procs[ctx->row].state, CR_PROC_IDLE, __ATOMIC_RELEASE);
     cr_log(CR_LOG_INFO, 0, "worker %u of generation %u started", ctx->slot, ctx->generation);
 
     while (!cr_worker_quit) {
@@ -94,13 +105,22 @@ void cr_worker_main(const cr_worker_ctx_t *ctx)
             cr_worker_reopen = 0;
             cr_log_reopen();
         }
+        /* log_level follows reloads through the control page */
+        cr_log_level = __atomic_load_n(&cr_ctl->log_level, __ATOMIC_RELAXED);
         uint32_t d;
-        if (cr_task_take(r, ctx->slot, &d, 1000) != CR_OK)
+        if (cr_task_take(r, (unsigned)ctx->row, &d, 1000) != CR_OK)
             continue;
         cr_worker_run(ctx, &out, d);
+        if (max && ++done >= max) {
+            /* Recycling: exit between tasks; the master forks a fresh one. */
+            cr_log(CR_LOG_INFO, 0, "worker %u of generation %u exiting after %" PRIu64
+                   " tasks (worker_max_tasks)", ctx->slot, ctx->generation, done);
+            cr_buf_free(&out);
+            _exit(0);
+        }
     }
     cr_log(CR_LOG_INFO, 0, "worker %u of generation %u exiting (SIGQUIT)", ctx->slot,
            ctx->generation);
     cr_buf_free(&out);
-    exit(0);
+    _exit(0);
 }

@@ -8,7 +8,9 @@
 typedef struct {
     const cr_conf_t *conf;
     cr_region_t *region;
-    unsigned slot;          /* worker slot in the region; also the number clients see */
+    cr_region_t *feed;      /* the updates feed: results of Submit tasks go there */
+    unsigned slot;          /* worker number (0..workers-1): what clients see */
+    int row;                /* control-page row; also the worker's slot in the region */
     unsigned generation;
 } cr_worker_ctx_t;
 

@@ -32,12 +32,17 @@ T_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(T_DIR)
 SRCDIR = os.environ.get("CRUNCHD_SRCDIR") or REPO
 BIN = os.environ.get("CRUNCHD_BIN") or os.path.join(REPO, "src", "crunchd")
+# The same daemon with the test-only handlers test_crash, test_exit, test_hang.
+TEST_BIN = os.environ.get("CRUNCHD_TEST_BIN") or os.path.join(REPO, "t", "crunchd-test")
 SCALE = float(os.environ.get("CRUNCHD_TEST_TIMEOUT_SCALE") or "1")
 
 # Generous defaults: a 2-core machine doing other work must not fail a test.
 WAIT = 30.0 * SCALE        # any condition we wait for
 RPC_TIMEOUT = 20.0 * SCALE  # deadline of an ordinary call
 TEST_TIME_LIMIT = 170.0 * SCALE  # a hung test fails instead of hanging make check
+
+# Daemons started by tests must never notify a systemd that runs pytest.
+os.environ.pop("NOTIFY_SOCKET", None)
 
 # No core files from children we kill with SIGSEGV (inherited by the daemon).
 try:
@@ -378,6 +383,7 @@ class Crunchd:
         self.stdout_path = os.path.join(self.rundir, "stdout.txt")
         self.stderr_path = os.path.join(self.rundir, "stderr.txt")
         self.settings = dict(self.DEFAULTS)
+        self.bin = TEST_BIN if settings.pop("test_handlers", False) else BIN
         self.settings.update(settings)
         self.extra = extra
         self.auto_port = "port" not in settings
@@ -456,7 +462,7 @@ class Crunchd:
             err = open(self.stderr_path, "ab")
             try:
                 self.proc = subprocess.Popen(
-                    [BIN, "-c", self.conf_path, "-p", self.prefix],
+                    [self.bin, "-c", self.conf_path, "-p", self.prefix],
                     stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                     cwd=self.rundir, start_new_session=True)
             finally:

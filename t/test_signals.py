@@ -12,7 +12,7 @@ from conftest import WAIT, alive, start_blocker, wait_for
 
 
 def test_quit_lets_running_and_queued_tasks_finish(crunchd):
-    d = crunchd(workers=1, log_level="debug")
+    d = crunchd(workers=1, log_level="debug", max_connection_age_ms=1000)
     kids = dict(d.children())
     (wpid,) = [p for p, t in kids.items() if t.startswith("crunchd: worker")]
     stub = d.stub()
@@ -34,7 +34,7 @@ def test_quit_lets_running_and_queued_tasks_finish(crunchd):
 
 
 def test_usr1_reopens_the_log_in_master_and_children(crunchd):
-    d = crunchd(workers=2)
+    d = crunchd(workers=2, max_connection_age_ms=1000)
     d.run("echo", "x")
     old = d.log_path + ".1"
     os.rename(d.log_path, old)          # what logrotate does

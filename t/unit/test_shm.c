@@ -20,6 +20,11 @@ static void tp_hit(int n)
 #include "../../src/shm.c"
 #include "tap.h"
 
+static void cr_feed_entries_pid(cr_region_t *feed, uint32_t fd, pid_t pid)
+{
+    feed->tasks[fd].acceptor_pid = (int32_t)pid;
+}
+
 static cr_region_t *mk(unsigned cap, unsigned acc, uint64_t arena, uint64_t maxb)
 {
     cr_region_conf_t rc = {.generation = 1, .queue_capacity = cap, .acceptors = acc,
@@ -136,7 +141,7 @@ static size_t make_payload(uint64_t id, uint8_t *buf)
 static void worker_loop(cr_region_t *r, unsigned w, volatile int *stop)
 {
     uint8_t out[256];
-    cr_worker_attach(r, w);
+    cr_worker_attach(r, w, w);
     while (!*stop) {
         uint32_t d;
         if (cr_task_take(r, w, &d, 50) != CR_OK)
@@ -166,7 +171,7 @@ static void producer_loop(cr_region_t *r, unsigned a, uint64_t base, uint64_t n,
     while (n == 0 || done < n) {
         while ((n == 0 || next < base + n)) {
             size_t len = make_payload(next, pay);
-            cr_submit_t s = {.id = next, .tag = next, .handler = 0, .acceptor = a,
+            cr_submit_t s = {.id = next, .tag = next, .handler = 0, .acceptor = a, .feed_d = CR_NONE,
                              .payload = pay, .len = len};
             uint32_t d;
             if (cr_task_submit(r, &s, &d) != CR_OK)
@@ -211,14 +216,15 @@ static void test_basic(void)
     cr_region_t *r = mk(4, 1, 64 * 1024, 16 * 1024);
     ok(r != NULL, "region created");
     r->acceptors[0].pid = (int32_t)getpid();
-    cr_worker_attach(r, 0);
+    cr_worker_attach(r, 0, 0);
     uint32_t d, d2;
     ok(cr_task_take(r, 0, &d, 0) == CR_TIMEDOUT, "empty queue: take without waiting times out");
     uint64_t t0 = cr_now_ns();
     ok(cr_task_take(r, 0, &d, 30) == CR_TIMEDOUT, "empty queue: take with 30 ms times out");
     ok(cr_now_ns() - t0 >= 20 * 1000000ull, "and it did wait");
 
-    cr_submit_t s = {.id = 7, .tag = 99, .handler = 2, .acceptor = 0, .payload = "hi", .len = 2};
+    cr_submit_t s = {.id = 7, .tag = 99, .handler = 2, .acceptor = 0, .feed_d = CR_NONE,
+                     .payload = "hi", .len = 2};
     ok(cr_task_submit(r, &s, &d) == CR_OK, "submit");
     is_int(cr_task(r, d)->state, CR_TASK_QUEUED, "queued");
     ok(cr_task_take(r, 0, &d2, 0) == CR_OK && d2 == d, "worker takes it");
@@ -264,7 +270,7 @@ static void test_arena(void)
     static uint8_t big[16 * 1024];
     uint32_t ds[64];
     int n = 0;
-    cr_submit_t s = {.id = 1, .acceptor = 0, .payload = big, .len = sizeof(big)};
+    cr_submit_t s = {.id = 1, .acceptor = 0, .feed_d = CR_NONE, .payload = big, .len = sizeof(big)};
     while (n < 64 && cr_task_submit(r, &s, &ds[n]) == CR_OK)
         n++;
     is_int(n, 4, "64 KiB arena holds four 16 KiB payloads");
@@ -275,7 +281,7 @@ static void test_arena(void)
     s.len = 0;
     ok(cr_task_submit(r, &s, &d) == CR_OK, "an empty payload needs no arena");
     cr_task_cancel(r, d);
-    cr_worker_attach(r, 0);
+    cr_worker_attach(r, 0, 0);
     for (int i = 0; i < n; i++) {
         uint32_t x;
         ok(cr_task_take(r, 0, &x, 0) == CR_OK && x == ds[i], "take %d", i);
@@ -405,9 +411,9 @@ static void test_kill_loop(void)
         }
         deaths++;
         if (i < NACC)
-            cr_region_reap(r, p, CR_ROLE_ACCEPTOR, (unsigned)i, st, false);
+            cr_region_reap(r, p, CR_ROLE_ACCEPTOR, (unsigned)i, st, 0, false);
         else
-            cr_region_reap(r, p, CR_ROLE_WORKER, (unsigned)(i - NACC), st, random() % 2);
+            cr_region_reap(r, p, CR_ROLE_WORKER, (unsigned)(i - NACC), st, (unsigned)(random() % 2), false);
         long cd = 1 + random() % 3000;
         if ((pid[i] = fork()) == 0) {
             tp_countdown = cd;
@@ -423,7 +429,7 @@ static void test_kill_loop(void)
         kill(pid[i], SIGKILL);
         waitpid(pid[i], &st, 0);
         cr_region_reap(r, pid[i], i < NACC ? CR_ROLE_ACCEPTOR : CR_ROLE_WORKER,
-                       (unsigned)(i < NACC ? i : i - NACC), st, false);
+                       (unsigned)(i < NACC ? i : i - NACC), st, 0, false);
     }
     tap_diag("rebuilds after a death inside the lock: %" PRIu64 ", results seen %" PRIu64
              ", aborted %" PRIu64, r->sh->rebuilds, b->received[0] + b->received[1], b->aborted);
@@ -432,7 +438,7 @@ static void test_kill_loop(void)
     const char *why = check(r);
     ok(why == NULL, "invariants hold after the kills%s%s", why ? ": " : "", why ? why : "");
     /* every acceptor is dead, so what is left is cancelled: a taker frees it */
-    cr_worker_attach(r, 0);
+    cr_worker_attach(r, 0, 0);
     uint32_t d;
     int leftover = 0;
     while (cr_task_take(r, 0, &d, 0) == CR_OK)
@@ -463,12 +469,113 @@ static void test_kill_loop(void)
     cr_region_destroy(r);
 }
 
+/* The updates feed: reservations, fill, subscribers, deaths. */
+static void test_feed(void)
+{
+    cr_region_t *r = mk(8, 1, 64 * 1024, 4096);
+    cr_region_conf_t fc = {.generation = 0, .queue_capacity = 3, .acceptors = 1,
+                           .arena_size = 64 * 1024, .max_block = 4096, .feed = true};
+    cr_region_t *feed = cr_region_create(&fc);
+    r->feed = feed;
+    r->acceptors[0].pid = (int32_t)getpid();
+    cr_worker_attach(r, 0, 5);
+    cr_worker_attach(feed, 1, 1);
+
+    uint32_t f[4], d, x;
+    for (int i = 0; i < 3; i++)
+        ok(cr_feed_reserve(feed, &f[i]) == CR_OK, "reserve feed entry %d", i);
+    ok(cr_feed_reserve(feed, &f[3]) == CR_AGAIN, "a full feed refuses the reservation");
+    cr_feed_unreserve(feed, f[2]);
+    ok(cr_feed_reserve(feed, &f[2]) == CR_OK, "an unreserved entry can be reserved again");
+
+    cr_submit_t s = {.id = 11, .handler = 1, .acceptor = 0, .feed_d = f[0], .payload = "ab",
+                     .len = 2};
+    ok(cr_task_submit(r, &s, &d) == CR_OK, "submit a detached task");
+    ok(cr_task_take(r, 0, &x, 0) == CR_OK && x == d, "a worker takes it");
+    cr_task_finish(r, 0, d, CR_STATUS_OK, "AB", 2);
+    uint32_t got[4];
+    is_int(cr_result_take(r, 0, got, 4, 0), 0, "its result does not go to the acceptor");
+    is_int(cr_task(r, d)->state, CR_TASK_FREE, "the task is freed once the feed has it");
+    ok(cr_task_take(feed, 1, &x, 0) == CR_OK && x == f[0], "a subscriber takes the entry");
+    cr_task_sh_t *e = cr_task(feed, x);
+    ok(e->id == 11 && e->code == 0 && e->worker == 5 && e->result_len == 2 &&
+           memcmp(cr_task_result(feed, x), "AB", 2) == 0,
+       "the entry carries id, worker number and output");
+    /* the subscriber's stream ended before sending: back for another one */
+    cr_feed_requeue(feed, x);
+    ok(cr_task_take(feed, 1, &x, 0) == CR_OK && x == f[0], "a requeued entry is taken again");
+    cr_task_release(feed, x);
+
+    /* a worker dies running a detached task: ABORTED goes to the feed, once */
+    s.id = 12;
+    s.feed_d = f[1];
+    ok(cr_task_submit(r, &s, &d) == CR_OK, "submit another");
+    ok(cr_task_take(r, 0, &x, 0) == CR_OK, "taken");
+    pid_t me = getpid();
+    cr_task(r, d)->worker_pid = 4242; /* pretend a worker that is gone */
+    cr_region_reap(r, 4242, CR_ROLE_WORKER, 0, SIGKILL, 0, false);
+    (void)me;
+    ok(cr_task_take(feed, 1, &x, 0) == CR_OK && x == f[1], "the feed has the entry");
+    e = cr_task(feed, x);
+    ok(e->id == 12 && e->code == CR_STATUS_ABORTED && (e->flags & CR_TASK_WORKER_DIED),
+       "it reports ABORTED");
+    char msg[256];
+    cr_task_error_text(feed, x, "echo", msg, sizeof(msg));
+    ok(strstr(msg, "pid 4242") && strstr(msg, "SIGKILL") && strstr(msg, "task 12"),
+       "the message names the worker, the signal and the task: %s", msg);
+    cr_task_release(feed, x);
+
+    /* filled already, then the worker died before freeing the task: no second result */
+    s.id = 13;
+    s.feed_d = f[2];
+    ok(cr_task_submit(r, &s, &d) == CR_OK && cr_task_take(r, 0, &x, 0) == CR_OK, "a third");
+    ok(cr_feed_fill(feed, f[2], cr_feed_key(r, d), cr_task(r, d), 0, 0, "z", 1),
+       "the worker fills the entry");
+    cr_task(r, d)->worker_pid = 4243;
+    cr_region_reap(r, 4243, CR_ROLE_WORKER, 0, SIGKILL, 0, false);
+    ok(cr_task_take(feed, 1, &x, 0) == CR_OK && cr_task(feed, x)->code == 0, "one OK entry");
+    cr_task_release(feed, x);
+    ok(cr_task_take(feed, 1, &x, 0) == CR_TIMEDOUT, "and no ABORTED duplicate");
+    is_int(r->sh->free_count, r->ntasks, "region: every descriptor free");
+
+    /* an acceptor dies: its unused reservation is freed, one a task owns is kept */
+    uint32_t a1, a2;
+    ok(cr_feed_reserve(feed, &a1) == CR_OK && cr_feed_reserve(feed, &a2) == CR_OK,
+       "two reservations");
+    s.id = 14;
+    s.feed_d = a2;
+    ok(cr_task_submit(r, &s, &d) == CR_OK, "one used by a task");
+    cr_region_t *regs[1] = {r};
+    cr_feed_entries_pid(feed, a1, 4244);
+    cr_feed_entries_pid(feed, a2, 4244);
+    cr_task(r, d)->acceptor_pid = 4244;
+    cr_region_reap(r, 4244, CR_ROLE_ACCEPTOR, 0, 0, 0, false);
+    cr_feed_reap(feed, 4244, 1, regs, 1);
+    is_int(cr_task(feed, a1)->state, CR_TASK_FREE, "the unused reservation is freed");
+    is_int(cr_task(feed, a2)->state, CR_TASK_FILLING, "the task's reservation is kept");
+    ok(cr_task_take(r, 0, &x, 0) == CR_OK && x == d, "the task still runs without its acceptor");
+    cr_task_finish(r, 0, d, 0, "q", 1);
+    ok(cr_task_take(feed, 1, &x, 0) == CR_OK && cr_task(feed, x)->id == 14, "and reports");
+    /* a subscriber dies holding it: back to the feed */
+    cr_task(feed, x)->acceptor_pid = 4245;
+    cr_feed_reap(feed, 4245, 1, regs, 1);
+    ok(cr_task_take(feed, 1, &x, 0) == CR_OK && cr_task(feed, x)->id == 14,
+       "an entry held by a dead subscriber is delivered again");
+    cr_task_release(feed, x);
+    is_int(feed->sh->free_count, feed->ntasks, "feed: every entry free");
+    is_int(feed->sh->arena_free, feed->sh->arena_size, "feed: every arena byte free");
+    ok(check(feed) == NULL && check(r) == NULL, "invariants hold");
+    cr_region_destroy(feed);
+    cr_region_destroy(r);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     cr_log_level = CR_LOG_ERR; /* the rebuild warnings are expected here */
     test_basic();
     test_arena();
+    test_feed();
     test_stress();
     test_kill_loop();
     return tap_done();
