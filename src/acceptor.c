@@ -1,15 +1,22 @@
 /* acceptor.c: the acceptor process: accepts connections on the master's
- * listening sockets, hands them to gRPC (rpc.c), handles its signals, stops.
+ * listening sockets, hands them to gRPC (rpc.c), balances connections with its
+ * siblings, handles its signals, drains and stops.
  *
  * Threads, all with every signal blocked (the mask the master forked us with,
  * inherited by gRPC's own threads too):
  *   - main: gRPC setup, then the gRPC thread (cr_rpc_serve), then the stop;
  *   - accept: poll() on the listeners and an eventfd, accept4(), hand over;
- *   - signal: sigwaitinfo(); turns TERM/INT/QUIT into a stop request, reopens
- *     the log on USR1, and is the watchdog that ends a stop that hangs;
- *   - result (rpc.c): sends the results the workers pushed to us. */
+ *     pauses while this acceptor holds more than its share of connections;
+ *     on a stop or drain it closes its copies of the listening sockets (the
+ *     master keeps its own, so nothing is reset) and returns;
+ *   - signal: sigwaitinfo(); turns TERM/INT into a fast stop and QUIT into a
+ *     drain, reopens the logs on USR1, and is the watchdog that ends a stop
+ *     that hangs;
+ *   - result and updates (rpc.c): send what workers and the feed hand us.
+ * TLS listeners are not ours: gRPC binds and accepts them itself (rpc.c). */
 #include "acceptor.h"
 
+#include "access.h"
 #include "log.h"
 #include "rpc.h"
 
@@ -24,13 +31,17 @@
 
 #define ACC_ACCEPT_BATCH     16    /* connections per wakeup, then let others have some */
 #define ACC_PAUSE_MS         100   /* back-off after EMFILE and friends */
+#define ACC_RESCAN_MS        250   /* recount our connections at least this often */
+#define ACC_BALANCE_PAUSE_MS 100   /* over our share: leave the listeners this long */
+#define ACC_BALANCE_POLL_MS  10    /* ...checking this often whether we are back in it */
 #define ACC_FAST_STOP_MS     5000  /* watchdog: a fast stop never takes longer */
-#define ACC_GRACEFUL_STOP_MS 15000 /* drain (10 s) + cancel (2 s) + slack */
+#define ACC_DRAIN_SLACK_MS   5000  /* watchdog: drain (shutdown_timeout_ms) + shutdown
+                                    * (1 s, then cancel, 2 s at most) + slack */
 
 typedef struct {
-    int fd;
+    int fd;           /* the master's socket (our inherited copy); -1 = TLS */
     bool tcp;         /* TCP_NODELAY applies */
-    bool dead;        /* POLLERR/POLLNVAL seen: no longer polled */
+    bool dead;        /* POLLERR/POLLNVAL seen, or TLS: not polled */
     const char *name; /* as written in the config */
 } acc_listener_t;
 
@@ -64,6 +75,33 @@ static void acc_set_nodelay(int fd)
         cr_log(CR_LOG_WARN, errno, "setsockopt(TCP_NODELAY) failed");
 }
 
+/* Does this acceptor hold more than its share of the generation's
+ * connections? Like nginx's accept_disabled: while it does, it leaves the
+ * shared listeners alone so that its siblings (which poll the same sockets)
+ * take the next connections. The share is ceil(total / live acceptors) + 1:
+ * the +1 keeps two acceptors from handing one connection back and forth.
+ * Checked before every accept, so one more at most lands here: with 2
+ * acceptors and 20 connections neither holds more than 12. The siblings'
+ * counts are what they last published (at most 250 ms stale). */
+static bool acc_over_share(void)
+{
+    cr_region_t *r = acc.ctx->region;
+    unsigned own = cr_rpc_connections(false), total = 0, live = 0;
+
+    for (unsigned i = 0; i < r->nacceptors; i++) {
+        if (i == acc.ctx->slot) {
+            total += own;
+            live++;
+        } else if (__atomic_load_n(&r->acceptors[i].pid, __ATOMIC_ACQUIRE) != 0) {
+            total += __atomic_load_n(&r->acceptors[i].conns, __ATOMIC_ACQUIRE);
+            live++;
+        }
+    }
+    if (live <= 1)
+        return false;
+    return own > (total + live - 1) / live + 1;
+}
+
 /* Accept what is ready on one listener. Returns true to pause accepting for a
  * while (out of descriptors or memory: retrying at once would spin). */
 static bool acc_accept(acc_listener_t *l)
@@ -74,6 +112,8 @@ static bool acc_accept(acc_listener_t *l)
             if (l->tcp)
                 acc_set_nodelay(fd);
             cr_rpc_add_connection(fd);
+            if (acc_over_share())
+                return false; /* the siblings take the rest */
             continue;
         }
         switch (errno) {
@@ -127,31 +167,52 @@ static void *acc_accept_main(void *arg)
 {
     struct pollfd pfd[CR_MAX_LISTEN + 1];
     acc_listener_t *who[CR_MAX_LISTEN + 1];
-    uint64_t paused_until = 0;
+    uint64_t paused_until = 0; /* EMFILE and friends: not before then */
+    uint64_t over_since = 0;   /* over our share since then, 0 = not */
 
     (void)arg;
     for (;;) {
         nfds_t n = 0;
-        int timeout = -1;
+        /* Alone, nobody needs our count between accepts: sleep until one. */
+        int timeout = acc.ctx->region->nacceptors > 1 ? ACC_RESCAN_MS : -1;
+        bool listen = true;
+        uint64_t now = cr_now_ns();
+
+        /* Keep our published count fresh: gRPC closes connections itself. */
+        cr_rpc_connections(true);
+
+        if (paused_until && now < paused_until) {
+            listen = false;
+            timeout = (int)((paused_until - now) / 1000000u) + 1;
+        } else {
+            paused_until = 0;
+        }
+        if (listen && acc_over_share()) {
+            /* Over our share: leave the listeners to the siblings for a
+             * moment, looking again every few ms; after the pause take one
+             * round anyway, so a sibling that stopped accepting cannot stall
+             * them. */
+            if (over_since == 0)
+                over_since = now;
+            if (now - over_since < ACC_BALANCE_PAUSE_MS * 1000000ull) {
+                listen = false;
+                timeout = ACC_BALANCE_POLL_MS;
+            } else {
+                over_since = 0;
+            }
+        } else if (listen) {
+            over_since = 0;
+        }
 
         pfd[n].fd = acc.stop_fd;
         pfd[n].events = POLLIN;
         who[n++] = NULL;
-        if (paused_until) {
-            uint64_t now = cr_now_ns();
-            if (now < paused_until)
-                timeout = (int)((paused_until - now) / 1000000u) + 1;
-            else
-                paused_until = 0;
-        }
-        if (paused_until == 0) {
-            for (unsigned i = 0; i < acc.nls; i++) {
-                if (acc.ls[i].dead)
-                    continue;
-                pfd[n].fd = acc.ls[i].fd;
-                pfd[n].events = POLLIN;
-                who[n++] = &acc.ls[i];
-            }
+        for (unsigned i = 0; listen && i < acc.nls; i++) {
+            if (acc.ls[i].dead)
+                continue;
+            pfd[n].fd = acc.ls[i].fd;
+            pfd[n].events = POLLIN;
+            who[n++] = &acc.ls[i];
         }
 
         int rc = poll(pfd, n, timeout);
@@ -165,7 +226,7 @@ static void *acc_accept_main(void *arg)
         }
         if (pfd[0].revents)
             break; /* stop: the eventfd is never read, so it stays readable */
-        for (nfds_t i = 1; i < n; i++) {
+        for (nfds_t i = 1; rc > 0 && i < n; i++) {
             acc_listener_t *l = who[i];
             if (pfd[i].revents & (POLLERR | POLLNVAL)) {
                 /* The master owns the socket; a broken one would spin here. */
@@ -180,6 +241,16 @@ static void *acc_accept_main(void *arg)
             if ((pfd[i].revents & POLLIN) && acc_accept(l))
                 paused_until = cr_now_ns() + ACC_PAUSE_MS * 1000000ull;
         }
+    }
+    /* Stopping or draining: never accept again. Our copies of the listening
+     * sockets go; the master keeps its own, so connections waiting in their
+     * accept queues stay there for the next acceptors. */
+    for (unsigned i = 0; i < acc.nls; i++) {
+        if (acc.ls[i].fd != -1) {
+            close(acc.ls[i].fd);
+            acc.ls[i].fd = -1;
+        }
+        acc.ls[i].dead = true;
     }
     return NULL;
 }
@@ -199,6 +270,23 @@ static int acc_listeners_init(const cr_acceptor_ctx_t *ctx)
 
         l->fd = ctx->listen_fds[i];
         l->name = i < ctx->conf->nlisten ? ctx->conf->listen[i].text : "?";
+        if (i < ctx->conf->nlisten && ctx->conf->listen[i].tls.on) {
+            /* gRPC binds it (rpc.c); a socket the master bound anyway would
+             * make that bind fail: say so before gRPC does. */
+            if (l->fd != -1) {
+                cr_log(CR_LOG_EMERG, 0,
+                       "listen \"%s\" has tls, but the master passed a bound socket "
+                       "(fd %d); TLS listeners are bound by each acceptor",
+                       l->name, l->fd);
+                return CR_ERROR;
+            }
+            l->dead = true;
+            continue;
+        }
+        if (l->fd == -1) {
+            cr_log(CR_LOG_EMERG, 0, "listen \"%s\": no socket from the master", l->name);
+            return CR_ERROR;
+        }
         if (getsockopt(l->fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == -1) {
             cr_log(CR_LOG_EMERG, errno,
                    "getsockopt(SO_DOMAIN) on listening socket %s (fd %d) "
@@ -281,17 +369,18 @@ static void *acc_signal_main(void *arg)
             break;
         case SIGQUIT:
             cr_log(CR_LOG_NOTICE, 0,
-                   "acceptor %u: SIGQUIT received from pid %d, finishing "
-                   "open calls then stopping",
+                   "acceptor %u: SIGQUIT received from pid %d, draining: open "
+                   "connections are served until they age out, then stopping",
                    acc.ctx->slot, (int)si.si_pid);
             cr_rpc_request_stop(CR_RPC_STOP_GRACEFUL);
             acc_stop_accepting();
-            limit = ACC_GRACEFUL_STOP_MS;
+            limit = (uint64_t)acc.ctx->conf->shutdown_timeout_ms + ACC_DRAIN_SLACK_MS;
             break;
         case SIGUSR1:
             if (cr_log_reopen() != CR_OK)
                 cr_log(CR_LOG_ALERT, 0, "acceptor %u: reopening the error log failed",
                        acc.ctx->slot);
+            cr_access_reopen();
             break;
         case SIGHUP:
         default:
@@ -329,6 +418,8 @@ void cr_acceptor_main(const cr_acceptor_ctx_t *ctx)
 
     if (acc_listeners_init(ctx) != CR_OK)
         _exit(2);
+    if (cr_access_open(ctx->conf->access_log) != CR_OK)
+        _exit(2);
     acc.stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (acc.stop_fd == -1) {
         cr_log(CR_LOG_EMERG, errno, "eventfd() failed");
@@ -350,9 +441,13 @@ void cr_acceptor_main(const cr_acceptor_ctx_t *ctx)
         _exit(1);
     }
     acc.accept_started = true;
+    unsigned ntls = 0;
+    for (unsigned i = 0; i < ctx->nlisten && i < ctx->conf->nlisten; i++)
+        ntls += ctx->conf->listen[i].tls.on;
     cr_log(CR_LOG_NOTICE, 0,
-           "acceptor %u (generation %u) serving on %u listening sockets", ctx->slot,
-           ctx->generation, acc.nls);
+           "acceptor %u (generation %u) serving on %u listening socket%s%s", ctx->slot,
+           ctx->generation, acc.nls - ntls, acc.nls - ntls == 1 ? "" : "s",
+           ntls ? " and its own TLS listener(s)" : "");
 
     cr_rpc_stop_t how = cr_rpc_serve();
 
@@ -367,6 +462,7 @@ void cr_acceptor_main(const cr_acceptor_ctx_t *ctx)
     int rc = cr_rpc_shutdown();
     cr_log(CR_LOG_NOTICE, 0, "acceptor %u exiting%s", ctx->slot,
            rc == CR_OK ? "" : " (gRPC not cleaned up)");
+    cr_access_close();
     /* The watchdog is no longer needed; joining it keeps valgrind runs of
      * the suite clean. It sits in sigwaitinfo(), a cancellation point. */
     err = pthread_cancel(acc.signal_tid);

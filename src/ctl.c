@@ -102,13 +102,14 @@ void cr_ctl_task_end(int row, uint32_t handler, int code, uint64_t queued_us, ui
     if (handler >= CR_MAX_HANDLERS)
         return;
     cr_handler_stats_sh_t *h = &cr_ctl->handlers[handler];
-    __atomic_add_fetch(&h->count, 1, __ATOMIC_RELAXED);
     if (code != 0)
         __atomic_add_fetch(&h->errors, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&h->queue_hist[cr_hist_bucket(queued_us)], 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&h->run_hist[cr_hist_bucket(run_us)], 1, __ATOMIC_RELAXED);
     cr_atomic_max(&h->queue_max_us, queued_us);
     cr_atomic_max(&h->run_max_us, run_us);
+    /* count last: a reader that sees it sees the figures of that task too */
+    __atomic_add_fetch(&h->count, 1, __ATOMIC_RELEASE);
 }
 
 /* 0..15 exact; then for each power of two 2^k (k >= 4) four sub-buckets. */

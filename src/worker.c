@@ -62,8 +62,8 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
         __atomic_or_fetch(&t->flags, CR_TASK_EXPIRED, __ATOMIC_RELEASE);
         cr_log_debug("task %" PRIu64 " (handler %s) expired after %" PRIu64
                      " ms in the queue; not run", t->id, hname, queued_us / 1000u);
-        cr_task_finish(r, (unsigned)ctx->row, d, CR_STATUS_DEADLINE_EXCEEDED, NULL, 0);
         cr_ctl_task_end(ctx->row, handler, CR_STATUS_DEADLINE_EXCEEDED, queued_us, 0);
+        cr_task_finish(r, (unsigned)ctx->row, d, CR_STATUS_DEADLINE_EXCEEDED, NULL, 0);
         return;
     }
     cr_ctl_task_start(ctx->row, t->id, handler);
@@ -78,8 +78,9 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
         code = cr_handlers[t->handler].run(cr_task_payload(r, d), t->payload_len, out);
     }
     uint64_t run_us = (cr_now_ns() - t->start_ns) / 1000u;
-    cr_task_finish(r, (unsigned)ctx->row, d, code, out->data, out->len);
+    /* Figures first: a client that has its result sees them in Stats. */
     cr_ctl_task_end(ctx->row, handler, code, queued_us, run_us);
+    cr_task_finish(r, (unsigned)ctx->row, d, code, out->data, out->len);
 
     /* A huge output leaves a huge buffer: give it back so an idle worker stays small. */
     if (out->cap > (1u << 20))
