@@ -9,6 +9,7 @@
 extern char **environ;
 
 static char *cr_title_start, *cr_title_end;
+static char **cr_environ_copy; /* kept for the life of the process */
 
 /* The kernel shows argv's memory as the command line; to write a longer title
  * than argv held, nginx moves the environment (which follows argv) elsewhere
@@ -32,7 +33,7 @@ void cr_proctitle_init(int argc, char **argv)
             return;
     }
     env[nenv] = NULL;
-    environ = env;
+    environ = cr_environ_copy = env;
     /* Keep argv[0] valid for code that still reads it: copy it. */
     cr_title_start = argv[0];
     cr_title_end = end;
