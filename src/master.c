@@ -804,6 +804,13 @@ static void cr_master_reload(cr_master_t *m)
         return;
     }
     unsigned changes = cr_conf_diff(cur->conf, nc, names, sizeof(names));
+    if (nc->updates_capacity != cur->conf->updates_capacity) {
+        /* The feed outlives generations: results waiting in it must not be
+         * lost, so its size only changes with a restart. */
+        cr_log(CR_LOG_WARN, 0, "reload: updates_capacity %u -> %u takes effect only at a "
+               "restart; the updates feed keeps %u entries", cur->conf->updates_capacity,
+               nc->updates_capacity, cur->conf->updates_capacity);
+    }
     if (changes & CR_CHANGE_RESTART) {
         cr_log(CR_LOG_WARN, 0, "reload: daemon, user and group take effect only at a restart; "
                "keeping the running values");
