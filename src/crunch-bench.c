@@ -34,6 +34,7 @@
 #endif
 
 #include "bench_hist.h"
+#include "client.h"
 #include "crunch/v1/crunch.pb-c.h"
 
 #include <grpc/byte_buffer.h>
@@ -115,27 +116,15 @@ static struct {
 #define CODE_OTHER    18 /* a code number outside 0..16 */
 #define NCODES        19
 
-static const char *const code_names[NCODES] = {
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-    "MISMATCH",
-    "OTHER",
-};
+/* "NOT_FOUND" for 5; "MISMATCH", "OTHER" for the two of ours. */
+static const char *code_name(int c)
+{
+    if (c == CODE_MISMATCH)
+        return "MISMATCH";
+    if (c == CODE_OTHER)
+        return "OTHER";
+    return cr_client_code_name(c);
+}
 
 typedef struct {
     uint64_t sent;            /* measured requests started */
@@ -1326,7 +1315,7 @@ static void report_json(const report_t *rep)
     for (int c = 0; c < NCODES; c++) {
         if (!m->codes[c])
             continue;
-        fprintf(f, "%s\"%s\": %" PRIu64, sep, code_names[c], m->codes[c]);
+        fprintf(f, "%s\"%s\": %" PRIu64, sep, code_name(c), m->codes[c]);
         sep = ", ";
     }
     fprintf(f, "},\n  \"error_messages\": {");
@@ -1334,7 +1323,7 @@ static void report_json(const report_t *rep)
     for (int c = 0; c < NCODES; c++) {
         if (!m->first_error[c])
             continue;
-        fprintf(f, "%s\"%s\": ", sep, code_names[c]);
+        fprintf(f, "%s\"%s\": ", sep, code_name(c));
         json_str(f, m->first_error[c]);
         sep = ", ";
     }
@@ -1378,11 +1367,11 @@ static void report_text(const report_t *rep)
     fprintf(f, "  status    ");
     for (int c = 0; c < NCODES; c++)
         if (m->codes[c])
-            fprintf(f, " %s %" PRIu64, code_names[c], m->codes[c]);
+            fprintf(f, " %s %" PRIu64, code_name(c), m->codes[c]);
     fputc('\n', f);
     for (int c = 1; c < NCODES; c++)
         if (m->first_error[c])
-            fprintf(f, "  %-10s first: %s\n", code_names[c], m->first_error[c]);
+            fprintf(f, "  %-10s first: %s\n", code_name(c), m->first_error[c]);
     if (opt.rate > 0)
         fprintf(f,
                 "  rate       target %.1f/s, sent %.1f/s; %" PRIu64
@@ -1597,9 +1586,7 @@ static void parse_args(int argc, char **argv)
     unsigned c = 0, n = 0, t = 0;
     int ch;
 
-    opt.addr = getenv("CRUNCH_ADDR");
-    if (!opt.addr || !*opt.addr)
-        opt.addr = "127.0.0.1:50051";
+    opt.addr = cr_client_default_addr();
     opt.handler = "echo";
     opt.timeout_ms = 10000;
     opt.verify = true;

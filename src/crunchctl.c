@@ -46,7 +46,7 @@ static const char help_text[] = USAGE_LINE
     "\n"
     "Options:\n"
     "  -a, --address ADDR       host:port, [v6]:port, unix:/path (default:\n"
-    "                           $CRUNCH_ADDR, else " CCTL_DEFAULT_ADDR ")\n"
+    "                           $CRUNCH_ADDR, else " CR_CLIENT_DEFAULT_ADDR ")\n"
     "      --tls                use TLS (the system roots unless --ca)\n"
     "      --ca FILE            PEM roots to verify the server with (implies --tls)\n"
     "      --cert FILE --key FILE  client certificate and key (imply --tls)\n"
@@ -152,14 +152,14 @@ static int report(const cctl_opts_t *o, const cctl_status_t *st)
     }
     if (st->no_connection && st->code == GRPC_STATUS_DEADLINE_EXCEEDED)
         cctl_error(NULL, "cannot connect to %s within %gs (%s); %s", o->addr,
-                   o->timeout_s, cctl_code_name(st->code), hint);
+                   o->timeout_s, cr_client_code_name(st->code), hint);
     else if (st->no_connection)
         cctl_error(NULL, "cannot connect to %s: %s; %s", o->addr,
                    d[0] ? d : "UNAVAILABLE", hint);
     else if (d[0] != '\0')
-        cctl_error(o, "%s: %s", cctl_code_name(st->code), d);
+        cctl_error(o, "%s: %s", cr_client_code_name(st->code), d);
     else
-        cctl_error(o, "%s", cctl_code_name(st->code));
+        cctl_error(o, "%s", cr_client_code_name(st->code));
     return exit_status(st->code);
 }
 
@@ -179,42 +179,6 @@ static bool parse_uint(const char *s, uint64_t max, uint64_t *out)
     }
     *out = v;
     return true;
-}
-
-/* The gRPC target for what the user wrote: a path or unix:PATH is a Unix
- * socket; a host or [v6] without a port gets 50051; a bare IPv6 address
- * gets brackets; URIs gRPC knows (dns:, ipv4:, ipv6:, unix-abstract:) pass.
- * Returns a malloc'ed string, or NULL if the address is malformed. */
-static char *make_target(const char *a)
-{
-    static const char *const schemes[] = {
-        "unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:"};
-    const char *close;
-    char *t = NULL;
-    size_t i, colons = 0;
-
-    if (a[0] == '\0')
-        return NULL;
-    if (a[0] == '/')
-        return asprintf(&t, "unix:%s", a) == -1 ? NULL : t;
-    for (i = 0; i < cr_nelem(schemes); i++)
-        if (strncmp(a, schemes[i], strlen(schemes[i])) == 0)
-            return a[strlen(schemes[i])] != '\0' ? strdup(a) : NULL;
-    if (a[0] == '[') {
-        close = strchr(a, ']');
-        if (close == NULL || close == a + 1)
-            return NULL;
-        if (close[1] == '\0')
-            return asprintf(&t, "%s:%s", a, CCTL_DEFAULT_PORT) == -1 ? NULL : t;
-        return close[1] == ':' && close[2] != '\0' ? strdup(a) : NULL;
-    }
-    for (i = 0; a[i]; i++)
-        colons += a[i] == ':';
-    if (colons == 0)
-        return asprintf(&t, "%s:%s", a, CCTL_DEFAULT_PORT) == -1 ? NULL : t;
-    if (colons > 1)
-        return asprintf(&t, "[%s]:%s", a, CCTL_DEFAULT_PORT) == -1 ? NULL : t;
-    return a[0] != ':' && a[strlen(a) - 1] != ':' ? strdup(a) : NULL;
 }
 
 /* Apply one option. Returns 0, or an exit status for main to return. */
@@ -441,7 +405,7 @@ static int cmd_run(cctl_opts_t *o, int argc, char **argv)
     if (r->code != 0) {
         /* Run sends a handler's error as the call's status; a Result that
          * carries one anyway is still a failure. */
-        cctl_error(o, "%s: %s", cctl_code_name(r->code), r->error ? r->error : "");
+        cctl_error(o, "%s: %s", cr_client_code_name(r->code), r->error ? r->error : "");
         rc = exit_status(r->code);
     } else if (o->json) {
         cctl_print_result_json(r);
@@ -521,7 +485,7 @@ static int feed_status(const cctl_opts_t *o, feed_t *f, cctl_status_t *st, uint6
         rc = GRPC_STATUS_INTERNAL;
     } else if (f->failed != 0) {
         cctl_error(o, "%" PRIu64 " of %" PRIu64 " tasks failed; the first with %s",
-                   f->failed, f->results, cctl_code_name(f->first_failure));
+                   f->failed, f->results, cr_client_code_name(f->first_failure));
         rc = exit_status(f->first_failure);
     } else {
         rc = 0;
@@ -719,12 +683,9 @@ int main(int argc, char **argv)
     if ((o.cert == NULL) != (o.key == NULL))
         return usage_error("--cert and --key go together");
 
-    if (o.addr == NULL) {
-        o.addr = getenv("CRUNCH_ADDR");
-        if (o.addr == NULL || o.addr[0] == '\0')
-            o.addr = CCTL_DEFAULT_ADDR;
-    }
-    o.target = make_target(o.addr);
+    if (o.addr == NULL)
+        o.addr = cr_client_default_addr();
+    o.target = cr_client_target(o.addr);
     if (o.target == NULL)
         return usage_error("bad address \"%s\" (expected host:port, [v6]:port or "
                            "unix:/path)",

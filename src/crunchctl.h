@@ -6,11 +6,15 @@
  *   crunchctl.c        options, addresses, the commands, exit statuses
  *   crunchctl_rpc.c    the gRPC core client: channel, unary and streaming
  *                      calls, the stdin reader thread, signals
- *   crunchctl_out.c    output: status names, result lines, JSON, the stats table */
+ *   crunchctl_out.c    output: result lines, JSON, the stats table
+ * and, shared with crunch-bench (client.h, prefix cr_client_):
+ *   client.c           status-code names, the default address, gRPC targets */
 #ifndef CCTL_H
 #define CCTL_H
 
 #include "cr_core.h"
+
+#include "client.h"
 
 #include <grpc/grpc.h>
 #include <grpc/status.h>
@@ -22,8 +26,6 @@
  * the stderr line tells a usage error from a server's UNKNOWN. */
 #define CCTL_EXIT_USAGE 2
 
-#define CCTL_DEFAULT_ADDR    "127.0.0.1:50051"
-#define CCTL_DEFAULT_PORT    "50051"
 #define CCTL_DEFAULT_TIMEOUT 30.0
 
 /* Everything the command line says. Strings point into argv or the
@@ -118,9 +120,6 @@ void cctl_status_set(cctl_status_t *st, grpc_status_code code, const char *fmt, 
 void cctl_status_free(cctl_status_t *st);
 
 /* --- crunchctl_out.c -------------------------------------------------------------- */
-
-/* "NOT_FOUND" for 5; "CODE_42" for unknown codes (static storage). */
-const char *cctl_code_name(int code);
 
 /* "crunchctl: CMD: " then the message, on one line: newlines and other
  * control characters in it become spaces. */

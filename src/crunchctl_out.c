@@ -1,36 +1,6 @@
-/* crunchctl_out.c: what crunchctl prints: status names, error lines, result
- * lines, JSON (a small hand-written writer) and the stats table. */
+/* crunchctl_out.c: what crunchctl prints: error lines, result lines, JSON (a
+ * small hand-written writer) and the stats table. Status names: client.c. */
 #include "crunchctl.h"
-
-static const char *const code_names[] = {
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-};
-
-const char *cctl_code_name(int code)
-{
-    static __thread char buf[24];
-
-    if (code >= 0 && (size_t)code < cr_nelem(code_names))
-        return code_names[code];
-    snprintf(buf, sizeof(buf), "CODE_%d", code);
-    return buf;
-}
 
 /* Write s to f on one line: control characters (newlines in a server's
  * message, say) become spaces. */
@@ -113,7 +83,7 @@ void cctl_print_result(const cctl_opts_t *o, const Crunch__V1__Result *r)
     } else {
         /* stdout first: a reader of both sees the lines in order. */
         fflush(stdout);
-        fprintf(stderr, "%" PRIu64 "\terror: %s: ", r->id, cctl_code_name(r->code));
+        fprintf(stderr, "%" PRIu64 "\terror: %s: ", r->id, cr_client_code_name(r->code));
         put_one_line(stderr, r->error != NULL ? r->error : "");
         fputc('\n', stderr);
         fflush(stderr);
@@ -243,7 +213,7 @@ void cctl_print_result_json(const Crunch__V1__Result *r)
     FILE *f = stdout;
 
     fprintf(f, "{\"id\":%" PRIu64 ",\"code\":%d,\"status\":", r->id, (int)r->code);
-    json_cstr(f, cctl_code_name(r->code));
+    json_cstr(f, cr_client_code_name(r->code));
     /* Output that is not UTF-8 text cannot be a JSON string without loss. */
     if (cctl_utf8_valid(r->output.data, r->output.len)) {
         fputs(",\"output\":", f);

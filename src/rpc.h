@@ -69,7 +69,8 @@ int cr_rpc_shutdown(void);
  * completion-queue tags start with a cr_rpc_cb_t: rpc.c's dispatcher calls
  * cb->fn(cb, ok) on the gRPC thread for any tag whose type is
  * CR_RPC_TAG_CALLBACK. A service must never start a batch once cr_rpc_closed()
- * is true (core aborts on a batch after the queue shut down). */
+ * is true (core aborts on a batch after the queue shut down). The call-context
+ * plumbing the modules share (requests, references, batches) is rpc_svc.h. */
 
 #define CR_RPC_TAG_CALLBACK 100
 

@@ -24,7 +24,7 @@
  * another one, so one module mutex guards every Watch and every batch started
  * on it. A Watch context is reference counted (one per started tag, the
  * RECV_CLOSE tag included) and freed by whoever drops the last one. */
-#include "rpc.h"
+#include "rpc_svc.h"
 
 #include "log.h"
 
@@ -53,42 +53,38 @@ typedef struct health_call_s health_call_t;
 
 /* One Check or Watch call, from its posted request to its last tag. */
 struct health_call_s {
+    /* First: the call, its payload (base.bb); guarded by hl.mu: the
+     * references (one per tag started and not yet back), md_sent (initial
+     * metadata went with the first message), finishing (the status batch
+     * was started). */
+    cr_rpc_svc_call_t base;
     cr_rpc_cb_t cb_new;   /* the request matched a call (or failed at shutdown) */
     cr_rpc_cb_t cb_close; /* Watch: RECV_CLOSE_ON_SERVER, the call is over */
     cr_rpc_cb_t cb_send;  /* Watch: a status message went out (or not) */
     cr_rpc_cb_t cb_final; /* the status batch (Check: with RECV_CLOSE) */
     health_kind_t kind;
-    grpc_call *call;
-    gpr_timespec deadline;
-    grpc_metadata_array md;
-    grpc_byte_buffer *payload;
-    int cancelled;
 
     /* Guarded by hl.mu. */
-    int refs;                   /* tags started and not yet back */
     bool known;                 /* a service we report on */
     int sent;                   /* last ServingStatus sent; -1 none */
-    bool md_sent;               /* initial metadata went with the first message */
     bool writing;               /* a SEND_MESSAGE is in flight */
-    bool finishing;             /* the status batch was started */
     bool gone;                  /* RECV_CLOSE came back: nothing more may be sent */
     health_call_t *prev, *next; /* open Watch list */
 };
+
+_Static_assert(offsetof(health_call_t, base) == 0, "cr_rpc_svc_unref frees through base");
 
 #define health_of(cb, member)                                                            \
     ((health_call_t *)(void *)((char *)(cb)-offsetof(health_call_t, member)))
 
 static struct {
     pthread_mutex_t mu;
-    grpc_server *server;
-    grpc_completion_queue *cq;
-    void *method[2]; /* Check, Watch */
+    cr_rpc_svc_t rpc; /* server, queue, live contexts */
+    void *method[2];  /* Check, Watch */
     unsigned posted[2];
     bool draining;          /* NOT_SERVING from now on */
     bool stopping;          /* no more requests; Watch streams are being ended */
     health_call_t *watches; /* open Watch calls (after accept, before close) */
-    int live;               /* atomic: contexts allocated */
-    uint64_t post_err_ns;
 } hl = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void health_on_new(cr_rpc_cb_t *cb, bool ok);
@@ -98,46 +94,24 @@ static void health_on_final(cr_rpc_cb_t *cb, bool ok);
 
 /* --- contexts ----------------------------------------------------------------------- */
 
-static void health_free(health_call_t *c)
-{
-    if (c->call)
-        grpc_call_unref(c->call);
-    grpc_metadata_array_destroy(&c->md);
-    if (c->payload)
-        grpc_byte_buffer_destroy(c->payload);
-    free(c);
-    __atomic_sub_fetch(&hl.live, 1, __ATOMIC_RELEASE);
-}
+static const char *const health_what[2] = {"health Check", "health Watch"};
 
 /* Drop one reference (hl.mu held). */
 static void health_unref(health_call_t *c)
 {
-    cr_assert(c->refs > 0);
-    if (--c->refs == 0)
-        health_free(c);
+    cr_rpc_svc_unref(&c->base);
 }
 
-/* Start a batch whose tag holds a reference (hl.mu held). A refused batch
- * poisons the call in 1.51 (notes 3.1): cancel it, never retry; RECV_CLOSE
- * then reports the end. Returns true if started. */
+/* Start a batch whose tag holds a reference (hl.mu held): see
+ * cr_rpc_svc_start for the rule on refused batches. */
 static bool health_start(health_call_t *c, const grpc_op *ops, size_t n, cr_rpc_cb_t *tag)
 {
-    if (cr_rpc_closed())
-        return false; /* cannot happen while c is live; never start one then */
-    c->refs++;
-    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
-    if (e == GRPC_CALL_OK)
-        return true;
-    c->refs--;
-    cr_log(CR_LOG_ALERT, 0, "grpc_call_start_batch() failed with %d (health %s)", (int)e,
-           c->kind == HEALTH_CHECK ? "Check" : "Watch");
-    grpc_call_cancel(c->call, NULL);
-    return false;
+    return cr_rpc_svc_start(&c->base, ops, n, tag);
 }
 
 static int health_post(health_kind_t kind)
 {
-    health_call_t *c = calloc(1, sizeof(*c));
+    health_call_t *c = cr_rpc_svc_alloc(&hl.rpc, sizeof(*c), health_what[kind]);
     if (c == NULL)
         return CR_ERROR;
     c->kind = kind;
@@ -146,20 +120,9 @@ static int health_post(health_kind_t kind)
     c->cb_send = (cr_rpc_cb_t){CR_RPC_TAG_CALLBACK, health_on_send};
     c->cb_final = (cr_rpc_cb_t){CR_RPC_TAG_CALLBACK, health_on_final};
     c->sent = -1;
-    c->refs = 1; /* the cb_new tag */
-    grpc_metadata_array_init(&c->md);
-    __atomic_add_fetch(&hl.live, 1, __ATOMIC_RELAXED);
-
-    grpc_call_error e = grpc_server_request_registered_call(
-        hl.server, hl.method[kind], &c->call, &c->deadline, &c->md, &c->payload, hl.cq,
-        hl.cq, &c->cb_new);
-    if (e != GRPC_CALL_OK) {
-        cr_log(CR_LOG_CRIT, 0,
-               "grpc_server_request_registered_call(health %s) failed with %d",
-               kind == HEALTH_CHECK ? "Check" : "Watch", (int)e);
-        health_free(c);
+    if (cr_rpc_svc_request(&c->base, hl.method[kind], true, &c->cb_new,
+                           health_what[kind]) != CR_OK)
         return CR_ERROR;
-    }
     hl.posted[kind]++;
     return CR_OK;
 }
@@ -174,16 +137,12 @@ static void health_top_up(void)
     for (int k = HEALTH_CHECK; k <= HEALTH_WATCH; k++)
         while (hl.posted[k] < want[k] && health_post((health_kind_t)k) == CR_OK) {
         }
-    if (hl.posted[HEALTH_CHECK] < want[HEALTH_CHECK] ||
-        hl.posted[HEALTH_WATCH] < want[HEALTH_WATCH]) {
-        uint64_t now = cr_now_ns();
-        if (hl.post_err_ns == 0 || now - hl.post_err_ns > UINT64_C(1000000000)) {
-            hl.post_err_ns = now;
-            cr_log(CR_LOG_CRIT, ENOMEM,
-                   "only %u health Check and %u Watch requests posted; retrying",
-                   hl.posted[HEALTH_CHECK], hl.posted[HEALTH_WATCH]);
-        }
-    }
+    if ((hl.posted[HEALTH_CHECK] < want[HEALTH_CHECK] ||
+         hl.posted[HEALTH_WATCH] < want[HEALTH_WATCH]) &&
+        cr_rpc_svc_complain(&hl.rpc))
+        cr_log(CR_LOG_CRIT, ENOMEM,
+               "only %u health Check and %u Watch requests posted; retrying",
+               hl.posted[HEALTH_CHECK], hl.posted[HEALTH_WATCH]);
 }
 
 /* --- status ------------------------------------------------------------------------- */
@@ -236,30 +195,7 @@ static Grpc__Health__V1__HealthCheckRequest *health_decode(grpc_byte_buffer *bb)
 static void health_finish(health_call_t *c, grpc_byte_buffer *bb, grpc_status_code code,
                           const char *msg, bool with_close)
 {
-    grpc_op ops[4];
-    size_t n = 0;
-    grpc_slice details = grpc_slice_from_static_string(msg ? msg : "");
-
-    c->finishing = true;
-    memset(ops, 0, sizeof(ops));
-    if (!c->md_sent) {
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-        c->md_sent = true;
-    }
-    if (bb) {
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = bb;
-    }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = code;
-    ops[n++].data.send_status_from_server.status_details = msg ? &details : NULL;
-    if (with_close) {
-        ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-        ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
-    }
-    health_start(c, ops, n, &c->cb_final);
-    if (bb)
-        grpc_byte_buffer_destroy(bb);
+    cr_rpc_svc_finish(&c->base, bb, code, msg, with_close, &c->cb_final);
 }
 
 static void health_check(health_call_t *c,
@@ -305,7 +241,7 @@ static void health_watch_push(health_call_t *c)
     grpc_op ops[2];
     size_t n = 0;
 
-    if (c->gone || c->finishing || c->writing)
+    if (c->gone || c->base.finishing || c->writing)
         return;
     int want = c->known ? health_status() : H_SERVICE_UNKNOWN;
     if (c->sent == want) {
@@ -318,13 +254,13 @@ static void health_watch_push(health_call_t *c)
     }
 
     memset(ops, 0, sizeof(ops));
-    if (!c->md_sent)
+    if (!c->base.md_sent)
         ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
     grpc_byte_buffer *bb = health_message(want);
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n++].data.send_message.send_message = bb;
     if (health_start(c, ops, n, &c->cb_send)) {
-        c->md_sent = true;
+        c->base.md_sent = true;
         c->writing = true;
         c->sent = want;
     }
@@ -334,15 +270,10 @@ static void health_watch_push(health_call_t *c)
 static void health_watch(health_call_t *c,
                          const Grpc__Health__V1__HealthCheckRequest *req)
 {
-    grpc_op op;
-
     c->known = health_known(req->service);
     /* RECV_CLOSE in its own batch: it reports the end of the call (client
      * gone, deadline, cancel_all_calls) and keeps the send flags meaningful. */
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &c->cancelled;
-    if (!health_start(c, &op, 1, &c->cb_close))
+    if (!cr_rpc_svc_recv_close(&c->base, &c->cb_close))
         return;
     health_list_add(c);
     health_watch_push(c);
@@ -367,8 +298,8 @@ static void health_on_new(cr_rpc_cb_t *cb, bool ok)
     }
     health_top_up();
 
-    payload = c->payload;
-    c->payload = NULL;
+    payload = c->base.bb;
+    c->base.bb = NULL;
     if (payload) {
         req = health_decode(payload);
         grpc_byte_buffer_destroy(payload);
@@ -435,16 +366,13 @@ static int health_setup(const cr_acceptor_ctx_t *ctx, grpc_server *server,
     static const char *const paths[2] = {HEALTH_CHECK_METHOD, HEALTH_WATCH_METHOD};
 
     (void)ctx;
-    hl.server = server;
-    hl.cq = cq;
+    hl.rpc.server = server;
+    hl.rpc.cq = cq;
     for (int k = HEALTH_CHECK; k <= HEALTH_WATCH; k++) {
-        hl.method[k] = grpc_server_register_method(
-            server, paths[k], NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
-        if (hl.method[k] == NULL) {
-            cr_log(CR_LOG_EMERG, 0, "grpc_server_register_method(\"%s\") failed",
-                   paths[k]);
+        hl.method[k] = cr_rpc_svc_register(server, paths[k],
+                                           GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER);
+        if (hl.method[k] == NULL)
             return CR_ERROR;
-        }
     }
     return CR_OK;
 }
@@ -455,11 +383,7 @@ static int health_start_hook(void)
     health_top_up();
     bool ok = hl.posted[HEALTH_CHECK] > 0 && hl.posted[HEALTH_WATCH] > 0;
     pthread_mutex_unlock(&hl.mu);
-    if (!ok) {
-        cr_log(CR_LOG_EMERG, 0, "cannot post any health request; out of memory?");
-        return CR_ERROR;
-    }
-    return CR_OK;
+    return cr_rpc_svc_started(ok, "health");
 }
 
 /* Push the current status to every open Watch (hl.mu held). */
@@ -497,7 +421,7 @@ static void health_stop(void)
 
 static int health_live(void)
 {
-    return __atomic_load_n(&hl.live, __ATOMIC_ACQUIRE);
+    return cr_rpc_svc_live(&hl.rpc);
 }
 
 const cr_rpc_service_t cr_rpc_health = {

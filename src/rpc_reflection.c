@@ -21,7 +21,7 @@
  * another one, so one module mutex guards the open streams and every batch
  * started on them. A stream context is reference counted (one per started
  * tag) and freed by whoever drops the last one. */
-#include "rpc.h"
+#include "rpc_svc.h"
 
 #include "log.h"
 
@@ -85,37 +85,34 @@ typedef struct refl_call_s refl_call_t;
 
 /* One ServerReflectionInfo stream. */
 struct refl_call_s {
+    /* First: the call, the buffer of the read (base.bb); guarded by rf.mu:
+     * the references (one per tag started and not yet back), md_sent,
+     * finishing. */
+    cr_rpc_svc_call_t base;
     cr_rpc_cb_t cb_new;   /* the request matched a call (or failed at shutdown) */
     cr_rpc_cb_t cb_close; /* RECV_CLOSE_ON_SERVER: the call is over */
     cr_rpc_cb_t cb_recv;  /* a request arrived, or the client half-closed */
     cr_rpc_cb_t cb_send;  /* a response went out (or not) */
     cr_rpc_cb_t cb_final; /* the status batch completed */
     unsigned version;     /* index in refl_paths */
-    grpc_call *call;
-    gpr_timespec deadline;
-    grpc_metadata_array md;
-    grpc_byte_buffer *recv_bb;
-    int cancelled;
 
     /* Guarded by rf.mu. */
-    int refs; /* tags started and not yet back */
-    bool md_sent, reading, writing, finishing, gone, half_closed;
+    bool reading, writing, gone, half_closed;
     refl_call_t *prev, *next; /* open streams */
 };
+
+_Static_assert(offsetof(refl_call_t, base) == 0, "cr_rpc_svc_unref frees through base");
 
 #define refl_of(cb, member)                                                              \
     ((refl_call_t *)(void *)((char *)(cb)-offsetof(refl_call_t, member)))
 
 static struct {
     pthread_mutex_t mu;
-    grpc_server *server;
-    grpc_completion_queue *cq;
+    cr_rpc_svc_t rpc; /* server, queue, live contexts */
     void *method[2];
     unsigned posted[2];
     bool stopping;
     refl_call_t *calls; /* open streams */
-    int live;           /* atomic: contexts allocated */
-    uint64_t post_err_ns;
 
     /* The descriptor set, read-only after setup. */
     Google__Protobuf__FileDescriptorSet *set;
@@ -534,45 +531,22 @@ static void refl_on_recv(cr_rpc_cb_t *cb, bool ok);
 static void refl_on_send(cr_rpc_cb_t *cb, bool ok);
 static void refl_on_final(cr_rpc_cb_t *cb, bool ok);
 
-static void refl_free(refl_call_t *c)
-{
-    if (c->call)
-        grpc_call_unref(c->call);
-    grpc_metadata_array_destroy(&c->md);
-    if (c->recv_bb)
-        grpc_byte_buffer_destroy(c->recv_bb);
-    free(c);
-    __atomic_sub_fetch(&rf.live, 1, __ATOMIC_RELEASE);
-}
-
 /* Drop one reference (rf.mu held). */
 static void refl_unref(refl_call_t *c)
 {
-    cr_assert(c->refs > 0);
-    if (--c->refs == 0)
-        refl_free(c);
+    cr_rpc_svc_unref(&c->base);
 }
 
-/* Start a batch whose tag holds a reference (rf.mu held). A refused batch
- * poisons the call (notes 3.1): cancel it; RECV_CLOSE reports the end. */
+/* Start a batch whose tag holds a reference (rf.mu held): see
+ * cr_rpc_svc_start for the rule on refused batches. */
 static bool refl_start(refl_call_t *c, const grpc_op *ops, size_t n, cr_rpc_cb_t *tag)
 {
-    if (cr_rpc_closed())
-        return false; /* cannot happen while c is live; never start one then */
-    c->refs++;
-    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
-    if (e == GRPC_CALL_OK)
-        return true;
-    c->refs--;
-    cr_log(CR_LOG_ALERT, 0, "grpc_call_start_batch() failed with %d (reflection)",
-           (int)e);
-    grpc_call_cancel(c->call, NULL);
-    return false;
+    return cr_rpc_svc_start(&c->base, ops, n, tag);
 }
 
 static int refl_post(unsigned version)
 {
-    refl_call_t *c = calloc(1, sizeof(*c));
+    refl_call_t *c = cr_rpc_svc_alloc(&rf.rpc, sizeof(*c), "reflection");
     if (c == NULL)
         return CR_ERROR;
     c->version = version;
@@ -581,19 +555,9 @@ static int refl_post(unsigned version)
     c->cb_recv = (cr_rpc_cb_t){CR_RPC_TAG_CALLBACK, refl_on_recv};
     c->cb_send = (cr_rpc_cb_t){CR_RPC_TAG_CALLBACK, refl_on_send};
     c->cb_final = (cr_rpc_cb_t){CR_RPC_TAG_CALLBACK, refl_on_final};
-    c->refs = 1; /* the cb_new tag */
-    grpc_metadata_array_init(&c->md);
-    __atomic_add_fetch(&rf.live, 1, __ATOMIC_RELAXED);
-
-    grpc_call_error e = grpc_server_request_registered_call(
-        rf.server, rf.method[version], &c->call, &c->deadline, &c->md, NULL, rf.cq, rf.cq,
-        &c->cb_new);
-    if (e != GRPC_CALL_OK) {
-        cr_log(CR_LOG_CRIT, 0, "grpc_server_request_registered_call(%s) failed with %d",
-               refl_paths[version], (int)e);
-        refl_free(c);
+    if (cr_rpc_svc_request(&c->base, rf.method[version], false, &c->cb_new,
+                           refl_paths[version]) != CR_OK)
         return CR_ERROR;
-    }
     rf.posted[version]++;
     return CR_OK;
 }
@@ -606,16 +570,12 @@ static void refl_top_up(void)
     for (unsigned v = 0; v < 2; v++)
         while (rf.posted[v] < REFL_POSTED && refl_post(v) == CR_OK) {
         }
-    if (rf.posted[0] < REFL_POSTED || rf.posted[1] < REFL_POSTED) {
-        uint64_t now = cr_now_ns();
-        if (rf.post_err_ns == 0 || now - rf.post_err_ns > UINT64_C(1000000000)) {
-            rf.post_err_ns = now;
-            cr_log(CR_LOG_CRIT, ENOMEM,
-                   "only %u v1 and %u v1alpha reflection requests "
-                   "posted; retrying",
-                   rf.posted[0], rf.posted[1]);
-        }
-    }
+    if ((rf.posted[0] < REFL_POSTED || rf.posted[1] < REFL_POSTED) &&
+        cr_rpc_svc_complain(&rf.rpc))
+        cr_log(CR_LOG_CRIT, ENOMEM,
+               "only %u v1 and %u v1alpha reflection requests "
+               "posted; retrying",
+               rf.posted[0], rf.posted[1]);
 }
 
 static void refl_list_add(refl_call_t *c)
@@ -641,20 +601,7 @@ static void refl_list_del(refl_call_t *c)
 /* Send the final status (rf.mu held). */
 static void refl_finish(refl_call_t *c, grpc_status_code code, const char *msg)
 {
-    grpc_op ops[2];
-    size_t n = 0;
-    grpc_slice details = grpc_slice_from_static_string(msg ? msg : "");
-
-    c->finishing = true;
-    memset(ops, 0, sizeof(ops));
-    if (!c->md_sent) {
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-        c->md_sent = true;
-    }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = code;
-    ops[n++].data.send_status_from_server.status_details = msg ? &details : NULL;
-    refl_start(c, ops, n, &c->cb_final);
+    cr_rpc_svc_finish(&c->base, NULL, code, msg, false, &c->cb_final);
 }
 
 /* Move the loop on (rf.mu held): nothing while a response is being written;
@@ -666,7 +613,7 @@ static void refl_advance(refl_call_t *c)
     grpc_op ops[2];
     size_t n = 0;
 
-    if (c->gone || c->finishing || c->writing)
+    if (c->gone || c->base.finishing || c->writing)
         return;
     if (c->half_closed) {
         refl_finish(c, GRPC_STATUS_OK, NULL);
@@ -680,12 +627,12 @@ static void refl_advance(refl_call_t *c)
     if (c->reading)
         return;
     memset(ops, 0, sizeof(ops));
-    if (!c->md_sent)
+    if (!c->base.md_sent)
         ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[n].op = GRPC_OP_RECV_MESSAGE;
-    ops[n++].data.recv_message.recv_message = &c->recv_bb;
+    ops[n++].data.recv_message.recv_message = &c->base.bb;
     if (refl_start(c, ops, n, &c->cb_recv)) {
-        c->md_sent = true;
+        c->base.md_sent = true;
         c->reading = true;
     }
 }
@@ -695,7 +642,6 @@ static void refl_advance(refl_call_t *c)
 static void refl_on_new(cr_rpc_cb_t *cb, bool ok)
 {
     refl_call_t *c = refl_of(cb, cb_new);
-    grpc_op op;
 
     pthread_mutex_lock(&rf.mu);
     rf.posted[c->version]--;
@@ -708,10 +654,7 @@ static void refl_on_new(cr_rpc_cb_t *cb, bool ok)
     refl_top_up();
 
     /* RECV_CLOSE first, in its own batch: it reports the end of the call. */
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &c->cancelled;
-    if (refl_start(c, &op, 1, &c->cb_close)) {
+    if (cr_rpc_svc_recv_close(&c->base, &c->cb_close)) {
         refl_list_add(c);
         refl_advance(c);
     }
@@ -738,15 +681,15 @@ static void refl_on_recv(cr_rpc_cb_t *cb, bool ok)
 
     pthread_mutex_lock(&rf.mu);
     c->reading = false;
-    bb = c->recv_bb;
-    c->recv_bb = NULL;
+    bb = c->base.bb;
+    c->base.bb = NULL;
     if (!ok || bb == NULL) {
         /* Half-close, or the call failed (its RECV_CLOSE tells which). */
         if (bb)
             grpc_byte_buffer_destroy(bb);
         c->half_closed = true;
         refl_advance(c);
-    } else if (c->gone || c->finishing) {
+    } else if (c->gone || c->base.finishing) {
         grpc_byte_buffer_destroy(bb);
     } else {
         refl_req_t *req = refl_decode(bb);
@@ -807,16 +750,12 @@ static int refl_setup(const cr_acceptor_ctx_t *ctx, grpc_server *server,
     (void)ctx;
     if (refl_load() != CR_OK)
         return CR_ERROR;
-    rf.server = server;
-    rf.cq = cq;
+    rf.rpc.server = server;
+    rf.rpc.cq = cq;
     for (unsigned v = 0; v < 2; v++) {
-        rf.method[v] = grpc_server_register_method(server, refl_paths[v], NULL,
-                                                   GRPC_SRM_PAYLOAD_NONE, 0);
-        if (rf.method[v] == NULL) {
-            cr_log(CR_LOG_EMERG, 0, "grpc_server_register_method(\"%s\") failed",
-                   refl_paths[v]);
+        rf.method[v] = cr_rpc_svc_register(server, refl_paths[v], GRPC_SRM_PAYLOAD_NONE);
+        if (rf.method[v] == NULL)
             return CR_ERROR;
-        }
     }
     return CR_OK;
 }
@@ -827,11 +766,7 @@ static int refl_start_hook(void)
     refl_top_up();
     bool ok = rf.posted[0] > 0 && rf.posted[1] > 0;
     pthread_mutex_unlock(&rf.mu);
-    if (!ok) {
-        cr_log(CR_LOG_EMERG, 0, "cannot post any reflection request; out of memory?");
-        return CR_ERROR;
-    }
-    return CR_OK;
+    return cr_rpc_svc_started(ok, "reflection");
 }
 
 static void refl_drain(void)
@@ -854,7 +789,7 @@ static void refl_stop(void)
 
 static int refl_live(void)
 {
-    return __atomic_load_n(&rf.live, __ATOMIC_ACQUIRE);
+    return cr_rpc_svc_live(&rf.rpc);
 }
 
 const cr_rpc_service_t cr_rpc_reflection = {

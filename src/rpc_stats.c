@@ -10,7 +10,7 @@
  * A call context lives from its posted request to its one answer batch; the
  * batch carries RECV_CLOSE_ON_SERVER too, so its tag returns once the call is
  * over and the context is freed there (notes 3.2). */
-#include "rpc.h"
+#include "rpc_svc.h"
 
 #include "ctl.h"
 #include "log.h"
@@ -30,24 +30,19 @@
     ((stats_call_t *)(void *)((char *)(cb)-offsetof(stats_call_t, member)))
 
 typedef struct {
-    cr_rpc_cb_t cb_new;  /* the request matched a call (or failed at shutdown) */
-    cr_rpc_cb_t cb_done; /* the answer batch, RECV_CLOSE included, completed */
-    grpc_call *call;
-    gpr_timespec deadline;
-    grpc_metadata_array md;
-    grpc_byte_buffer *payload;
-    int cancelled;
+    cr_rpc_svc_call_t base; /* first: call, payload (base.bb), references */
+    cr_rpc_cb_t cb_new;     /* the request matched a call (or failed at shutdown) */
+    cr_rpc_cb_t cb_done;    /* the answer batch, RECV_CLOSE included, completed */
 } stats_call_t;
+
+_Static_assert(offsetof(stats_call_t, base) == 0, "cr_rpc_svc_unref frees through base");
 
 static struct {
     const cr_acceptor_ctx_t *ctx;
-    grpc_server *server;
-    grpc_completion_queue *cq;
+    cr_rpc_svc_t rpc; /* server, queue, live contexts */
     void *method;
     unsigned posted; /* gRPC thread only */
     int stopping;    /* atomic: no more requests are posted */
-    int live;        /* atomic: contexts allocated (posted or answering) */
-    uint64_t post_err_ns;
 } st;
 
 static void stats_on_new(cr_rpc_cb_t *cb, bool ok);
@@ -55,36 +50,15 @@ static void stats_on_done(cr_rpc_cb_t *cb, bool ok);
 
 /* --- call contexts ------------------------------------------------------------------ */
 
-static void stats_free(stats_call_t *c)
-{
-    if (c->call)
-        grpc_call_unref(c->call);
-    grpc_metadata_array_destroy(&c->md);
-    if (c->payload)
-        grpc_byte_buffer_destroy(c->payload);
-    free(c);
-    __atomic_sub_fetch(&st.live, 1, __ATOMIC_RELEASE);
-}
-
 static int stats_post(void)
 {
-    stats_call_t *c = calloc(1, sizeof(*c));
+    stats_call_t *c = cr_rpc_svc_alloc(&st.rpc, sizeof(*c), "Stats");
     if (c == NULL)
         return CR_ERROR;
     c->cb_new = (cr_rpc_cb_t){CR_RPC_TAG_CALLBACK, stats_on_new};
     c->cb_done = (cr_rpc_cb_t){CR_RPC_TAG_CALLBACK, stats_on_done};
-    grpc_metadata_array_init(&c->md);
-    __atomic_add_fetch(&st.live, 1, __ATOMIC_RELAXED);
-
-    grpc_call_error e = grpc_server_request_registered_call(
-        st.server, st.method, &c->call, &c->deadline, &c->md, &c->payload, st.cq, st.cq,
-        &c->cb_new);
-    if (e != GRPC_CALL_OK) {
-        cr_log(CR_LOG_CRIT, 0,
-               "grpc_server_request_registered_call(Stats) failed with %d", (int)e);
-        stats_free(c);
+    if (cr_rpc_svc_request(&c->base, st.method, true, &c->cb_new, "Stats") != CR_OK)
         return CR_ERROR;
-    }
     st.posted++;
     return CR_OK;
 }
@@ -97,54 +71,18 @@ static void stats_top_up(void)
         return;
     while (st.posted < STATS_POSTED && stats_post() == CR_OK) {
     }
-    if (st.posted < STATS_POSTED) {
-        uint64_t now = cr_now_ns();
-        if (st.post_err_ns == 0 || now - st.post_err_ns > UINT64_C(1000000000)) {
-            st.post_err_ns = now;
-            cr_log(CR_LOG_CRIT, ENOMEM, "only %u Stats requests posted; retrying",
-                   st.posted);
-        }
-    }
+    if (st.posted < STATS_POSTED && cr_rpc_svc_complain(&st.rpc))
+        cr_log(CR_LOG_CRIT, ENOMEM, "only %u Stats requests posted; retrying", st.posted);
 }
 
 /* Answer the call in one batch: initial metadata, the reply (bb, consumed;
- * may be NULL), the status and RECV_CLOSE. Frees c if the batch cannot start. */
+ * may be NULL), the status and RECV_CLOSE. Drops the request's reference:
+ * frees c if the batch cannot start. */
 static void stats_answer(stats_call_t *c, grpc_byte_buffer *bb, grpc_status_code code,
                          const char *msg)
 {
-    grpc_op ops[4];
-    size_t n = 0;
-    grpc_slice details = grpc_slice_from_static_string(msg ? msg : "");
-
-    if (cr_rpc_closed()) {
-        /* Cannot happen while this call is live (rpc.c waits for live() == 0
-         * before closing); never start a batch then anyway. */
-        if (bb)
-            grpc_byte_buffer_destroy(bb);
-        stats_free(c);
-        return;
-    }
-    memset(ops, 0, sizeof(ops));
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    if (bb) {
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = bb;
-    }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = code;
-    ops[n++].data.send_status_from_server.status_details = msg ? &details : NULL;
-    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
-
-    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->cb_done, NULL);
-    /* SEND_MESSAGE moved the slices out; the shell is ours either way. */
-    if (bb)
-        grpc_byte_buffer_destroy(bb);
-    if (e != GRPC_CALL_OK) {
-        cr_log(CR_LOG_ALERT, 0, "grpc_call_start_batch() failed with %d (Stats)", (int)e);
-        grpc_call_cancel(c->call, NULL);
-        stats_free(c);
-    }
+    cr_rpc_svc_finish(&c->base, bb, code, msg, true, &c->cb_done);
+    cr_rpc_svc_unref(&c->base);
 }
 
 /* --- the reply ---------------------------------------------------------------------- */
@@ -378,17 +316,17 @@ static bool stats_request_ok(grpc_byte_buffer *bb)
 static void stats_on_new(cr_rpc_cb_t *cb, bool ok)
 {
     stats_call_t *c = stats_of(cb, cb_new);
-    grpc_byte_buffer *payload = c->payload;
+    grpc_byte_buffer *payload = c->base.bb;
 
     st.posted--;
     if (!ok) {
         /* The server is shutting down: the request failed, there is no call. */
-        stats_free(c);
+        cr_rpc_svc_unref(&c->base);
         return;
     }
     stats_top_up();
 
-    c->payload = NULL;
+    c->base.bb = NULL;
     if (payload == NULL) {
         stats_answer(c, NULL, GRPC_STATUS_INTERNAL,
                      "no StatsRequest message: the client closed the call without "
@@ -423,7 +361,7 @@ static void stats_on_new(cr_rpc_cb_t *cb, bool ok)
 static void stats_on_done(cr_rpc_cb_t *cb, bool ok)
 {
     (void)ok; /* a batch with RECV_CLOSE always reports success */
-    stats_free(stats_of(cb, cb_done));
+    cr_rpc_svc_unref(&stats_of(cb, cb_done)->base);
 }
 
 /* --- the service hooks -------------------------------------------------------------- */
@@ -432,26 +370,17 @@ static int stats_setup(const cr_acceptor_ctx_t *ctx, grpc_server *server,
                        grpc_completion_queue *cq)
 {
     st.ctx = ctx;
-    st.server = server;
-    st.cq = cq;
-    st.method = grpc_server_register_method(server, STATS_METHOD, NULL,
-                                            GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
-    if (st.method == NULL) {
-        cr_log(CR_LOG_EMERG, 0, "grpc_server_register_method(\"%s\") failed",
-               STATS_METHOD);
-        return CR_ERROR;
-    }
-    return CR_OK;
+    st.rpc.server = server;
+    st.rpc.cq = cq;
+    st.method = cr_rpc_svc_register(server, STATS_METHOD,
+                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER);
+    return st.method ? CR_OK : CR_ERROR;
 }
 
 static int stats_start(void)
 {
     stats_top_up();
-    if (st.posted == 0) {
-        cr_log(CR_LOG_EMERG, 0, "cannot post any Stats request; out of memory?");
-        return CR_ERROR;
-    }
-    return CR_OK;
+    return cr_rpc_svc_started(st.posted > 0, "Stats");
 }
 
 static void stats_drain(void)
@@ -468,7 +397,7 @@ static void stats_stop(void)
 
 static int stats_live(void)
 {
-    return __atomic_load_n(&st.live, __ATOMIC_ACQUIRE);
+    return cr_rpc_svc_live(&st.rpc);
 }
 
 const cr_rpc_service_t cr_rpc_stats = {
