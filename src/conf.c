@@ -112,7 +112,7 @@ struct conf_cmd_s {
 
 static const conf_type_t conf_type_listen, conf_type_uint, conf_type_size,
     conf_type_workers, conf_type_path, conf_type_level, conf_type_bool, conf_type_user,
-    conf_type_group, conf_type_rlimit, conf_type_enum;
+    conf_type_group, conf_type_rlimit, conf_type_enum, conf_type_modules;
 
 #define CONF_OFF(field)   offsetof(cr_conf_t, field)
 #define CONF_WIDTH(field) sizeof(((cr_conf_t *)0)->field)
@@ -162,6 +162,9 @@ static const conf_cmd_t conf_cmds[] = {
       .change = W, .min = 0, .max = 1024 * GB },
     { .name = "worker_cpu_affinity", .type = &conf_type_enum, CONF_AT(worker_cpu_affinity),
       .change = W, .def = CR_AFFINITY_OFF, .words = conf_affinity_words },
+    /* a rebuilt module takes effect on SIGHUP: new workers load the new file */
+    { .name = "modules", .type = &conf_type_modules, CONF_AT(modules), .change = W,
+      .max = CR_MAX_MODULES },
 
     /* acceptors and gRPC: a new generation */
     CONF_UINT("acceptors", acceptors, 1, CR_MAX_ACCEPTORS, 1, A),
@@ -2016,6 +2019,123 @@ static bool conf_listen_same_set(const cr_conf_t *a, const cr_conf_t *b,
 
 static const conf_type_t conf_type_listen = {conf_listen_set, conf_listen_init,
                                              conf_listen_dump, conf_listen_same_set};
+
+/* --- modules ---------------------------------------------------------------- */
+
+/* modules = ( { path = "x.so"; config = "..."; }, ... ); only the file is
+ * checked here: loading is the probe's job (module.c), never the parser's. */
+static int conf_modules_set(conf_ctx_t *cx, const conf_cmd_t *cmd, const config_setting_t *s)
+{
+    int type = config_setting_type(s), n;
+    cr_conf_t *c = cx->c;
+
+    if (type != CONFIG_TYPE_LIST)
+        return conf_error(cx, s,
+                          "modules: expected a list of groups, got %s; write modules = "
+                          "( { path = \"modules/x.so\"; } );",
+                          conf_type_name(s));
+    n = config_setting_length(s);
+    if (n > (int)cmd->max)
+        return conf_error(cx, s, "modules: %d modules; at most %" PRIu64 " are allowed", n,
+                          cmd->max);
+    c->nmodules = 0;
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        unsigned line = conf_elem_line(cx, s, (unsigned)i, e);
+        cr_module_conf_t *m = &c->modules[i];
+        const config_setting_t *path = NULL, *cfg = NULL;
+
+        memset(m, 0, sizeof(*m));
+        if (config_setting_type(e) != CONFIG_TYPE_GROUP)
+            return conf_error_line(cx, e, line,
+                                   "modules[%d]: expected a group like { path = "
+                                   "\"modules/x.so\"; }, got %s",
+                                   i, conf_type_name(e));
+        for (int k = 0; k < config_setting_length(e); k++) {
+            const config_setting_t *x = config_setting_get_elem(e, (unsigned)k);
+            const char *name = config_setting_name(x);
+            if (strcmp(name, "path") == 0)
+                path = x;
+            else if (strcmp(name, "config") == 0)
+                cfg = x;
+            else
+                return conf_error(cx, x,
+                                  "modules[%d]: unknown key \"%s\"; a module takes path "
+                                  "and config",
+                                  i, name);
+        }
+        if (path == NULL)
+            return conf_error_line(cx, e, line,
+                                   "modules[%d]: no path; add path = \"modules/x.so\"; "
+                                   "(relative to the prefix)",
+                                   i);
+        m->line = config_setting_source_line(path);
+        if (config_setting_type(path) != CONFIG_TYPE_STRING ||
+            config_setting_get_string(path)[0] == '\0')
+            return conf_error(cx, path,
+                              "modules[%d].path: expected the path of a shared object, "
+                              "got %s",
+                              i, conf_type_name(path));
+        if (conf_resolve(c->prefix, config_setting_get_string(path), m->path,
+                         sizeof(m->path)) != CR_OK)
+            return conf_error(cx, path, "modules[%d].path: too long once resolved against "
+                              "the prefix; use a shorter path", i);
+        if (cfg != NULL) {
+            if (config_setting_type(cfg) != CONFIG_TYPE_STRING)
+                return conf_error(cx, cfg, "modules[%d].config: expected a string, got %s",
+                                  i, conf_type_name(cfg));
+            if (strlen(config_setting_get_string(cfg)) >= sizeof(m->config))
+                return conf_error(cx, cfg,
+                                  "modules[%d].config: longer than %zu bytes; point it to "
+                                  "a file instead",
+                                  i, sizeof(m->config) - 1);
+            strcpy(m->config, config_setting_get_string(cfg));
+        }
+        for (int j = 0; j < i; j++)
+            if (strcmp(c->modules[j].path, m->path) == 0)
+                return conf_error(cx, path,
+                                  "modules[%d]: %s is already modules[%d] (line %d); "
+                                  "list a module once",
+                                  i, m->path, j, c->modules[j].line);
+        c->nmodules = (unsigned)i + 1;
+    }
+    return CR_OK;
+}
+
+static int conf_modules_init(conf_ctx_t *cx, const conf_cmd_t *cmd)
+{
+    (void)cmd;
+    cx->c->nmodules = 0;
+    return CR_OK;
+}
+
+static void conf_modules_dump(const cr_conf_t *c, const conf_cmd_t *cmd, FILE *out)
+{
+    fprintf(out, "%s = (%s", cmd->name, c->nmodules ? "\n" : "");
+    for (unsigned i = 0; i < c->nmodules; i++) {
+        fputs("    {\n", out);
+        conf_dump_str(out, "        ", "path", c->modules[i].path);
+        if (c->modules[i].config[0] != '\0')
+            conf_dump_str(out, "        ", "config", c->modules[i].config);
+        fprintf(out, "    }%s\n", i + 1 < c->nmodules ? "," : "");
+    }
+    fprintf(out, "%s);\n", c->nmodules ? "" : " ");
+}
+
+static bool conf_modules_same(const cr_conf_t *a, const cr_conf_t *b, const conf_cmd_t *cmd)
+{
+    (void)cmd;
+    if (a->nmodules != b->nmodules)
+        return false;
+    for (unsigned i = 0; i < a->nmodules; i++)
+        if (strcmp(a->modules[i].path, b->modules[i].path) != 0 ||
+            strcmp(a->modules[i].config, b->modules[i].config) != 0)
+            return false;
+    return true;
+}
+
+static const conf_type_t conf_type_modules = {conf_modules_set, conf_modules_init,
+                                              conf_modules_dump, conf_modules_same};
 
 /* --- loading ---------------------------------------------------------------- */
 

@@ -36,6 +36,14 @@ typedef struct {
     char group[64];                /* unix: group to chown to, "" = leave */
 } cr_listen_conf_t;
 
+/* A handler module (modules = ( { path = "..."; config = "..."; } );). */
+#define CR_MAX_MODULES 16
+typedef struct {
+    char path[PATH_MAX];      /* absolute (relative ones resolve against the prefix) */
+    char config[1024];        /* handed to the module's init, "" = none */
+    int line;                 /* line in the config file */
+} cr_module_conf_t;
+
 typedef enum {
     CR_AFFINITY_OFF = 0,
     CR_AFFINITY_AUTO,              /* worker i on CPU i mod online CPUs */
@@ -69,6 +77,8 @@ typedef struct {
     uint64_t worker_rlimit_nofile;/* 0 = leave, ..1048576 */
     int64_t worker_rlimit_core;   /* -1 = leave (default), else bytes ("0", "1g", "unlimited" = INT64_MAX) */
     cr_affinity_t worker_cpu_affinity; /* "off" (default) or "auto" */
+    cr_module_conf_t modules[CR_MAX_MODULES]; /* loaded by workers, in this order */
+    unsigned nmodules;
 
     /* reload and stop (master-level) */
     unsigned shutdown_timeout_ms;      /* drain cap, 1000..3600000, default 60000 */

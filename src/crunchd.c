@@ -3,6 +3,7 @@
 #include "conf.h"
 #include "log.h"
 #include "master.h"
+#include "module.h"
 #include "os.h"
 #include "process.h"
 
@@ -109,6 +110,13 @@ int main(int argc, char **argv)
     }
     if (action)
         return cr_os_signal_master(&conf, action);
+    /* Modules: checked in a probe child, at -t and at start alike. */
+    if (cr_module_check(&conf, err, sizeof(err)) != CR_OK) {
+        fprintf(stderr, "crunchd: [emerg] %s\n", err);
+        if (test)
+            fprintf(stderr, "crunchd: configuration file %s test failed\n", file);
+        return 1;
+    }
     if (test) {
         if (dump) {
             printf("# configuration file %s, with defaults filled in:\n", conf.file);

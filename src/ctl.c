@@ -29,6 +29,8 @@ int cr_ctl_create(void)
     for (unsigned i = 0; i < cr_ctl->nhandlers; i++)
         snprintf(cr_ctl->handler_names[i], sizeof(cr_ctl->handler_names[i]), "%s",
                  cr_handlers[i].name);
+    cr_handler_names = (const char(*)[CR_HANDLER_NAME_SIZE])cr_ctl->handler_names;
+    cr_handler_count = &cr_ctl->nhandlers;
     return CR_OK;
 }
 

@@ -58,6 +58,10 @@ typedef struct {
     uint32_t reloads_ok, reloads_failed;
     int32_t reload_ok;            /* outcome of the last attempt: 1 ok, 0 failed */
     char reload_msg[512];         /* its message: what changed, or the error */
+    /* The handler table (handlers.h): built-ins, then module handlers as
+     * reloads publish them (module.c). Append-only until a restart, so the
+     * index a queued task carries keeps naming the same handler; the master
+     * writes a name, then nhandlers (release). */
     uint32_t nhandlers;
     char handler_names[CR_MAX_HANDLERS][64];
     cr_proc_sh_t procs[CR_MAX_PROCS];

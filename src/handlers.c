@@ -53,7 +53,7 @@ int cr_buf_append(cr_buf_t *b, const void *p, size_t n)
     return CR_OK;
 }
 
-static int buf_vprintf(cr_buf_t *b, const char *fmt, va_list ap)
+int cr_buf_vprintf(cr_buf_t *b, const char *fmt, va_list ap)
 {
     va_list ap2;
     int n;
@@ -74,7 +74,7 @@ int cr_buf_printf(cr_buf_t *b, const char *fmt, ...)
     int rc;
 
     va_start(ap, fmt);
-    rc = buf_vprintf(b, fmt, ap);
+    rc = cr_buf_vprintf(b, fmt, ap);
     va_end(ap);
     return rc;
 }
@@ -303,73 +303,53 @@ static int handler_sleep(const uint8_t *in, size_t len, cr_buf_t *out)
 /* --- the table -------------------------------------------------------------- */
 
 /* The index is what task descriptors carry: append, never reorder. */
-#ifdef CR_TEST_HANDLERS
-/* Test-only handlers, compiled into t/crunchd-test (make check) and never into
- * the installed crunchd: they crash, hang or exit on demand for the
- * supervision tests. Payload of test_crash: "segv", "abort", or a file path:
- * crash the first time (creating the file), succeed once it exists (a task
- * that works on its retry). */
-#include <fcntl.h>
-#include <signal.h>
-
-static int handler_test_crash(const uint8_t *in, size_t len, cr_buf_t *out)
-{
-    char arg[512];
-    size_t n = len < sizeof(arg) - 1 ? len : sizeof(arg) - 1;
-    memcpy(arg, in, n);
-    arg[n] = '\0';
-    if (strcmp(arg, "abort") == 0)
-        abort();
-    if (arg[0] == '/') {
-        int fd = open(arg, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd == -1)
-            return handler_output(out, "test_crash", "survived", 8);
-        close(fd);
-    }
-    raise(SIGSEGV);
-    return CR_STATUS_INTERNAL;
-}
-
-__attribute__((noreturn)) static int handler_test_exit(const uint8_t *in, size_t len,
-                                                      cr_buf_t *out)
-{
-    char code[16] = "3";
-    (void)out;
-    if (len > 0 && len < sizeof(code)) {
-        memcpy(code, in, len);
-        code[len] = '\0';
-    }
-    _exit(atoi(code));
-}
-
-__attribute__((noreturn)) static int handler_test_hang(const uint8_t *in, size_t len,
-                                                      cr_buf_t *out)
-{
-    (void)in;
-    (void)len;
-    (void)out;
-    for (;;)
-        pause();
-}
-#endif
 
 const cr_handler_t cr_handlers[] = {
     {"echo", handler_echo},
     {"prime", handler_prime},
     {"gcd", handler_gcd},
     {"sleep", handler_sleep},
-#ifdef CR_TEST_HANDLERS
-    {"test_crash", handler_test_crash},
-    {"test_exit", handler_test_exit},
-    {"test_hang", handler_test_hang},
-#endif
 };
 
 const unsigned cr_nhandlers = cr_nelem(cr_handlers);
 
+/* The table every process shares (the control page's; ctl.c sets these
+ * before the first fork). NULL in unit tests and tools: built-ins only. */
+const char (*cr_handler_names)[CR_HANDLER_NAME_SIZE];
+const uint32_t *cr_handler_count;
+
+unsigned cr_handler_total(void)
+{
+    if (cr_handler_names == NULL)
+        return cr_nhandlers;
+    /* Pairs with the release store of the master appending a name. */
+    return __atomic_load_n(cr_handler_count, __ATOMIC_ACQUIRE);
+}
+
+const char *cr_handler_name(uint32_t h)
+{
+    if (cr_handler_names == NULL)
+        return h < cr_nhandlers ? cr_handlers[h].name : "?";
+    return h < cr_handler_total() ? cr_handler_names[h] : "?";
+}
+
+/* A linear scan: at most CR_MAX_HANDLERS short names, compared by length
+ * first; cheaper than the protobuf decoding around it. */
 uint32_t cr_handler_find(const char *name, size_t len)
 {
-    for (unsigned i = 0; i < cr_nhandlers; i++) {
+    unsigned n = cr_handler_total();
+
+    if (cr_handler_names != NULL) {
+        if (len >= CR_HANDLER_NAME_SIZE)
+            return CR_NONE;
+        for (unsigned i = 0; i < n; i++) {
+            const char *x = cr_handler_names[i];
+            if (x[len] == '\0' && memcmp(x, name, len) == 0)
+                return i;
+        }
+        return CR_NONE;
+    }
+    for (unsigned i = 0; i < n; i++) {
         if (strlen(cr_handlers[i].name) == len &&
             memcmp(cr_handlers[i].name, name, len) == 0)
             return i;
@@ -380,12 +360,13 @@ uint32_t cr_handler_find(const char *name, size_t len)
 void cr_handler_list(char *buf, size_t len)
 {
     size_t n = 0;
+    unsigned total = cr_handler_total();
 
     if (len == 0)
         return;
     buf[0] = '\0';
-    for (unsigned i = 0; i < cr_nhandlers && n < len; i++) {
-        int r = snprintf(buf + n, len - n, "%s%s", i ? ", " : "", cr_handlers[i].name);
+    for (unsigned i = 0; i < total && n < len; i++) {
+        int r = snprintf(buf + n, len - n, "%s%s", i ? ", " : "", cr_handler_name(i));
         if (r < 0)
             break;
         n += (size_t)r;

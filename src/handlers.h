@@ -17,6 +17,7 @@ typedef struct {
  * memory ran out (the buffer is left as it was). */
 int cr_buf_append(cr_buf_t *b, const void *p, size_t n);
 int cr_buf_printf(cr_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cr_buf_vprintf(cr_buf_t *b, const char *fmt, va_list ap);
 void cr_buf_reset(cr_buf_t *b);
 void cr_buf_free(cr_buf_t *b);
 
@@ -35,11 +36,23 @@ typedef struct {
 extern const cr_handler_t cr_handlers[];
 extern const unsigned cr_nhandlers;
 
-/* Look up a handler by name (len bytes, not NUL-terminated). Returns its index
- * or CR_NONE (0xffffffff). */
+/* The table of handler names every process shares: built-ins first, then
+ * module handlers, append-only (ctl.c points these at the control page;
+ * NULL = built-ins only). Index = what task descriptors carry. */
+#define CR_HANDLER_NAME_SIZE 64
+extern const char (*cr_handler_names)[CR_HANDLER_NAME_SIZE];
+extern const uint32_t *cr_handler_count;
+
+/* Names in the table (built-ins and every module handler ever published). */
+unsigned cr_handler_total(void);
+/* The name of index h, "?" if none. */
+const char *cr_handler_name(uint32_t h);
+
+/* Look up a handler by name (len bytes, not NUL-terminated) in the shared
+ * table. Returns its index or CR_NONE (0xffffffff). */
 uint32_t cr_handler_find(const char *name, size_t len);
 
-/* Write "echo, prime, gcd, sleep" into buf (for NOT_FOUND messages). */
+/* Write "echo, prime, gcd, sleep, ..." into buf (for NOT_FOUND messages). */
 void cr_handler_list(char *buf, size_t len);
 
 #endif /* CR_HANDLERS_H */

@@ -17,6 +17,7 @@
 #include "ctl.h"
 #include "log.h"
 #include "master.h"
+#include "module.h"
 #include "os.h"
 #include "process.h"
 #include "shm.h"
@@ -803,6 +804,14 @@ static void cr_master_reload(cr_master_t *m)
         cr_reload_failed(err);
         return;
     }
+    /* Modules are checked in a probe child, never loaded here; their handler
+     * names join the shared table before new workers (and acceptors) exist. */
+    if (cr_module_check(nc, err, sizeof(err)) != CR_OK ||
+        cr_module_publish(err, sizeof(err)) != CR_OK) {
+        free(nc);
+        cr_reload_failed(err);
+        return;
+    }
     unsigned changes = cr_conf_diff(cur->conf, nc, names, sizeof(names));
     if (nc->updates_capacity != cur->conf->updates_capacity) {
         /* The feed outlives generations: results waiting in it must not be
@@ -971,6 +980,13 @@ int cr_master_run(cr_conf_t *conf)
         return 1;
     if (cr_ctl_create() != CR_OK)
         return 1;
+    /* Module handler names, checked by main (cr_module_check), go into the
+     * shared handler table before the first fork. */
+    char merr[1024];
+    if (cr_module_publish(merr, sizeof(merr)) != CR_OK) {
+        cr_log(CR_LOG_EMERG, 0, "%s", merr);
+        return 1;
+    }
     cr_region_conf_t fc = {.generation = 0,
                            .queue_capacity = conf->updates_capacity,
                            .acceptors = 1,

@@ -454,7 +454,7 @@ static Crunch__V1__Task *rpc_decode_task(grpc_byte_buffer *bb)
 
 static const char *rpc_handler_name(uint32_t h)
 {
-    return h < cr_nhandlers ? cr_handlers[h].name : "?";
+    return cr_handler_name(h);
 }
 
 /* What a finished descriptor (of a region or of the feed) says. */
@@ -1162,7 +1162,7 @@ static void rpc_run_accept(rpc_call_t *c)
     c->handler = h;
     c->deadline_ns = dl;
     cr_log_debug("Run: task %" PRIu64 " handler %s, %zu bytes", task->id,
-                 cr_handlers[h].name, task->payload.len);
+                 cr_handler_name(h), task->payload.len);
     rpc_submit_or_wait(c);
 }
 
@@ -1374,7 +1374,7 @@ static void rpc_stream_task(rpc_call_t *c, Crunch__V1__Task *task)
     c->deadline_ns = dl;
     c->held_fd = CR_NONE;
     cr_log_debug("RunStream: task %" PRIu64 " handler %s, %zu bytes", task->id,
-                 cr_handlers[h].name, task->payload.len);
+                 cr_handler_name(h), task->payload.len);
     rpc_submit_or_wait(c);
 }
 
@@ -1409,7 +1409,7 @@ static void rpc_submit_task(rpc_call_t *c, Crunch__V1__Task *task)
     c->deadline_ns = dl;
     c->held_fd = fd;
     cr_log_debug("Submit: task %" PRIu64 " handler %s, %zu bytes, feed entry %u",
-                 task->id, cr_handlers[h].name, task->payload.len, fd);
+                 task->id, cr_handler_name(h), task->payload.len, fd);
     rpc_submit_or_wait(c);
 }
 

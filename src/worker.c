@@ -4,6 +4,7 @@
 #include "ctl.h"
 #include "handlers.h"
 #include "log.h"
+#include "module.h"
 #include "worker.h"
 
 #include <signal.h>
@@ -53,7 +54,7 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
 {
     cr_region_t *r = ctx->region;
     cr_task_sh_t *t = cr_task(r, d);
-    const char *hname = t->handler < cr_nhandlers ? cr_handlers[t->handler].name : "?";
+    const char *hname = cr_handler_name(t->handler);
 
     uint64_t queued_us = (t->start_ns - t->enqueue_ns) / 1000u;
     uint32_t handler = t->handler;
@@ -69,13 +70,14 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
     cr_ctl_task_start(ctx->row, t->id, handler);
     cr_buf_reset(out);
     int code;
-    if (t->handler >= cr_nhandlers) {
-        /* The acceptor resolved the name against the same table; this only
-         * happens if tables ever differ between processes. */
-        cr_buf_printf(out, "handler #%u is not known to worker %u", t->handler, ctx->slot);
-        code = CR_STATUS_NOT_FOUND;
-    } else {
+    if (t->handler < cr_nhandlers) {
         code = cr_handlers[t->handler].run(cr_task_payload(r, d), t->payload_len, out);
+    } else if (!cr_module_run(t->handler, cr_task_payload(r, d), t->payload_len, out,
+                              &code)) {
+        /* The name is in the shared table (a module of an earlier
+         * configuration had it) but no module of ours serves it. */
+        cr_buf_printf(out, "handler %s is not loaded by this configuration", hname);
+        code = CR_STATUS_NOT_FOUND;
     }
     uint64_t run_us = (cr_now_ns() - t->start_ns) / 1000u;
     /* Figures first: a client that has its result sees them in Stats. */
@@ -98,6 +100,12 @@ void cr_worker_main(const cr_worker_ctx_t *ctx)
     r->feed = ctx->feed;
     cr_worker_attach(r, (unsigned)ctx->row, ctx->slot);
     cr_worker_signals();
+    /* Modules before the first task; a failure is a start-up error (exit 2:
+     * not respawned). A slow init delays only this worker. */
+    if (cr_module_worker_load(ctx->conf) != CR_OK) {
+        cr_module_worker_fini();
+        _exit(2);
+    }
     __atomic_store_n(&cr_ctl->procs[ctx->row].state, CR_PROC_IDLE, __ATOMIC_RELEASE);
     cr_log(CR_LOG_INFO, 0, "worker %u of generation %u started", ctx->slot, ctx->generation);
 
@@ -117,11 +125,13 @@ void cr_worker_main(const cr_worker_ctx_t *ctx)
             cr_log(CR_LOG_INFO, 0, "worker %u of generation %u exiting after %" PRIu64
                    " tasks (worker_max_tasks)", ctx->slot, ctx->generation, done);
             cr_buf_free(&out);
+            cr_module_worker_fini();
             _exit(0);
         }
     }
     cr_log(CR_LOG_INFO, 0, "worker %u of generation %u exiting (SIGQUIT)", ctx->slot,
            ctx->generation);
     cr_buf_free(&out);
+    cr_module_worker_fini();
     _exit(0);
 }

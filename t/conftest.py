@@ -32,8 +32,9 @@ T_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(T_DIR)
 SRCDIR = os.environ.get("CRUNCHD_SRCDIR") or REPO
 BIN = os.environ.get("CRUNCHD_BIN") or os.path.join(REPO, "src", "crunchd")
-# The same daemon with the test-only handlers test_crash, test_exit, test_hang.
-TEST_BIN = os.environ.get("CRUNCHD_TEST_BIN") or os.path.join(REPO, "t", "crunchd-test")
+# The test handler modules (t/modules/*.so, built by make check): crash, hang,
+# exit, alloc, slowinit... (the supervision tests load crash, hang and exit).
+MODULES = os.environ.get("CRUNCHD_MODULES") or os.path.join(REPO, "t", "modules")
 SCALE = float(os.environ.get("CRUNCHD_TEST_TIMEOUT_SCALE") or "1")
 
 # Generous defaults: a 2-core machine doing other work must not fail a test.
@@ -383,7 +384,12 @@ class Crunchd:
         self.stdout_path = os.path.join(self.rundir, "stdout.txt")
         self.stderr_path = os.path.join(self.rundir, "stderr.txt")
         self.settings = dict(self.DEFAULTS)
-        self.bin = TEST_BIN if settings.pop("test_handlers", False) else BIN
+        self.bin = BIN
+        if settings.pop("test_handlers", False):
+            # handlers crash, hang and exit, from the test modules
+            extra = "modules = ( %s );\n%s" % (", ".join(
+                '{ path = "%s"; }' % os.path.join(MODULES, m + ".so")
+                for m in ("crash", "hang", "exit")), extra)
         self.settings.update(settings)
         self.extra = extra
         self.auto_port = "port" not in settings

@@ -1,7 +1,7 @@
 # test_supervision.py: what happens to tasks and processes when workers crash,
 # hang, exit or are recycled, when an acceptor is killed under load, when a
-# slot crash-loops, and on SIGTTIN/SIGTTOU. Uses t/crunchd-test, the daemon
-# built with the test-only handlers test_crash, test_exit and test_hang.
+# slot crash-loops, and on SIGTTIN/SIGTTOU. test_handlers=True loads the test
+# modules t/modules/{crash,hang,exit}.so (handlers crash, hang, exit).
 
 import os
 import re
@@ -23,10 +23,10 @@ def test_worker_crash_mid_task_fails_it_with_aborted(crunchd):
     d = crunchd(test_handlers=True, workers=1)
     d.allow_log(r"\[alert\].*worker 0 .*killed by SIGSEGV")
     (old,) = workers(d)
-    code, details, _, _ = call_status(d.run, "test_crash", "segv", id=42)
+    code, details, _, _ = call_status(d.run, "crash", "segv", id=42)
     assert code == grpc.StatusCode.ABORTED, (code, details)
     assert re.search(r"worker 0 \(pid %d\) killed by SIGSEGV while running task 42 "
-                     r"\(handler test_crash\)" % old, details), details
+                     r"\(handler crash\)" % old, details), details
     wait_for(lambda: len(workers(d)) == 1 and old not in workers(d), what="a new worker")
     assert d.run("echo", "next").output == b"next"
 
@@ -35,17 +35,17 @@ def test_task_retries_run_the_task_again_on_another_worker(crunchd, tmp_path):
     d = crunchd(test_handlers=True, workers=2, task_retries=1)
     d.allow_log(r"\[alert\].*killed by SIGSEGV")
     marker = str(tmp_path / "crashed-once")
-    r = d.run("test_crash", marker, id=7)
+    r = d.run("crash", marker, id=7)
     assert r.output == b"survived" and os.path.exists(marker), "the retry succeeded"
     # a task that crashes every time fails after 1 + task_retries attempts
-    code, details, _, _ = call_status(d.run, "test_crash", "segv", id=8)
+    code, details, _, _ = call_status(d.run, "crash", "segv", id=8)
     assert code == grpc.StatusCode.ABORTED and "attempt 2 of 2" in details, details
 
 
 def test_task_timeout_kills_the_worker_and_fails_the_task(crunchd):
     d = crunchd(test_handlers=True, workers=1, task_timeout_ms=300)
     (old,) = workers(d)
-    code, details, _, secs = call_status(d.run, "test_hang", "", id=5)
+    code, details, _, secs = call_status(d.run, "hang", "", id=5)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
     assert "ran longer than task_timeout_ms" in details, details
     wait_for(lambda: len(workers(d)) == 1 and old not in workers(d), what="a new worker")
@@ -117,7 +117,7 @@ def test_crash_loop_backs_off(crunchd):
     d.allow_log(r"\[alert\].*killed by SIGSEGV")
     d.allow_log(r"\[crit\].*died \d+ times within")
     with ThreadPoolExecutor(8) as ex:
-        futs = [ex.submit(call_status, d.run, "test_crash", "segv", id=i) for i in range(8)]
+        futs = [ex.submit(call_status, d.run, "crash", "segv", id=i) for i in range(8)]
         t0 = time.monotonic()
         codes = [f.result()[0] for f in futs]
     assert set(codes) == {grpc.StatusCode.ABORTED}, codes

@@ -1160,6 +1160,37 @@ static void test_affinity(void)
                "worker_cpu_affinity: wrong type");
 }
 
+static void test_modules(void)
+{
+    char want[PATH_MAX + 64];
+
+    load_ok(LISTEN1, "modules: default");
+    is_int(conf.nmodules, 0, "modules: none by default");
+    load_ok(LISTEN1 "modules = ( { path = \"lib/a.so\"; config = \"x=1\"; },\n"
+                    "            { path = \"/abs/b.so\"; } );\n",
+            "modules: two");
+    is_int(conf.nmodules, 2, "modules: two stored");
+    snprintf(want, sizeof(want), "%s/lib/a.so", conf.prefix);
+    is_str(conf.modules[0].path, want, "modules: relative path under the prefix");
+    is_str(conf.modules[0].config, "x=1", "modules: config stored");
+    is_int(conf.modules[0].line, 2, "modules: line of the path");
+    is_str(conf.modules[1].path, "/abs/b.so", "modules: absolute path kept");
+    is_str(conf.modules[1].config, "", "modules: config empty when absent");
+    load_fails(LISTEN1 "modules = ( { config = \"x\"; } );\n", 2,
+               "modules[0]: no path; add path = \"modules/x.so\"; (relative to the "
+               "prefix)",
+               "modules: no path");
+    load_fails(LISTEN1 "modules = ( { path = \"a.so\"; conf = \"x\"; } );\n", 2,
+               "modules[0]: unknown key \"conf\"; a module takes path and config",
+               "modules: unknown key");
+    load_fails(LISTEN1 "modules = ( { path = \"a.so\"; config = 3; } );\n", 2,
+               "modules[0].config: expected a string, got an integer",
+               "modules: config not a string");
+    load_fails(LISTEN1 "modules = ( { path = \"/a.so\"; }, { path = \"/a.so\"; } );\n", 2,
+               "modules[1]: /a.so is already modules[0] (line 2); list a module once",
+               "modules: listed twice");
+}
+
 static void test_channel(void)
 {
     load_ok(LISTEN1, "max_receive_message: default");
@@ -1696,6 +1727,7 @@ static void test_diff_table(void)
         {"worker_rlimit_core", "worker_rlimit_core = 0;", NULL, CR_CHANGE_WORKER},
         {"worker_cpu_affinity", "worker_cpu_affinity = \"auto\";", NULL,
          CR_CHANGE_WORKER},
+        {"modules", "modules = ( { path = \"m.so\"; } );", NULL, CR_CHANGE_WORKER},
         {"acceptors", "acceptors = 2;", NULL, CR_CHANGE_ACCEPTOR},
         {"max_receive_message", "max_receive_message = \"16m\";", NULL,
          CR_CHANGE_ACCEPTOR},
@@ -2102,6 +2134,7 @@ int main(void)
     test_access_log();
     test_rlimit_core();
     test_affinity();
+    test_modules();
     test_channel();
     test_listen_groups();
     test_diff_classes();

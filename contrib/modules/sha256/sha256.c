@@ -1,0 +1,191 @@
+/* sha256.c: an example crunchd handler module (see crunchd/module.h): the
+ * SHA-256 digest of the payload, as 64 lowercase hex digits. Self-contained
+ * (FIPS 180-4), no dependency. Copy this directory to start your own module.
+ *
+ * Handlers:
+ *   sha256      the digest of the payload
+ *   sha256_raw  the same, as 32 raw bytes
+ * Config (modules[].config): "rounds=N" hashes N times (the digest of the
+ * digest...), a CPU workload of adjustable cost; default 1. */
+#include <crunchd/module.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint32_t h[8];
+    uint64_t bytes;
+    unsigned char buf[64];
+    size_t nbuf;
+} sha256_ctx;
+
+static const uint32_t K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(sha256_ctx *c, const unsigned char *p)
+{
+    uint32_t w[64], a, b, d, e, f, g, h, cc, t1, t2;
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = c->h[0], b = c->h[1], cc = c->h[2], d = c->h[3];
+    e = c->h[4], f = c->h[5], g = c->h[6], h = c->h[7];
+    for (int i = 0; i < 64; i++) {
+        t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
+        t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
+        h = g, g = f, f = e, e = d + t1, d = cc, cc = b, b = a, a = t1 + t2;
+    }
+    c->h[0] += a, c->h[1] += b, c->h[2] += cc, c->h[3] += d;
+    c->h[4] += e, c->h[5] += f, c->h[6] += g, c->h[7] += h;
+}
+
+static void sha256_init(sha256_ctx *c)
+{
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, h0, sizeof(h0));
+    c->bytes = 0;
+    c->nbuf = 0;
+}
+
+static void sha256_update(sha256_ctx *c, const unsigned char *p, size_t n)
+{
+    c->bytes += n;
+    while (n > 0) {
+        if (c->nbuf == 0 && n >= 64) {
+            sha256_block(c, p);
+            p += 64, n -= 64;
+            continue;
+        }
+        size_t k = 64 - c->nbuf < n ? 64 - c->nbuf : n;
+        memcpy(c->buf + c->nbuf, p, k);
+        c->nbuf += k, p += k, n -= k;
+        if (c->nbuf == 64) {
+            sha256_block(c, c->buf);
+            c->nbuf = 0;
+        }
+    }
+}
+
+static void sha256_final(sha256_ctx *c, unsigned char out[32])
+{
+    uint64_t bits = c->bytes * 8;
+    unsigned char pad[72] = {0x80};
+    size_t npad = c->nbuf < 56 ? 56 - c->nbuf : 120 - c->nbuf;
+    for (int i = 0; i < 8; i++)
+        pad[npad + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(c, pad, npad + 8);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(c->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)c->h[i];
+    }
+}
+
+/* --- the module ------------------------------------------------------------- */
+
+typedef struct {
+    unsigned long rounds;
+} sha256_conf;
+
+static int mod_init(const char *config, void **state)
+{
+    sha256_conf *c = calloc(1, sizeof(*c));
+    char *end;
+    if (c == NULL)
+        return -1;
+    c->rounds = 1;
+    if (strncmp(config, "rounds=", 7) == 0) {
+        c->rounds = strtoul(config + 7, &end, 10);
+        if (*end != '\0' || c->rounds < 1 || c->rounds > 1000000) {
+            free(c);
+            return -1; /* crunchd logs it; the worker exits with status 2 */
+        }
+    } else if (config[0] != '\0') {
+        free(c);
+        return -1;
+    }
+    *state = c;
+    return 0;
+}
+
+static void mod_fini(void *state)
+{
+    free(state);
+}
+
+static void digest(const sha256_conf *c, const unsigned char *in, size_t len,
+                   unsigned char d[32])
+{
+    sha256_ctx x;
+    sha256_init(&x);
+    sha256_update(&x, in, len);
+    sha256_final(&x, d);
+    for (unsigned long r = 1; r < c->rounds; r++) {
+        sha256_init(&x);
+        sha256_update(&x, d, 32);
+        sha256_final(&x, d);
+    }
+}
+
+static int h_sha256(void *state, const unsigned char *in, size_t len, crunchd_out_t *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char d[32];
+    char text[64];
+    digest(state, in, len, d);
+    for (int i = 0; i < 32; i++) {
+        text[2 * i] = hex[d[i] >> 4];
+        text[2 * i + 1] = hex[d[i] & 15];
+    }
+    if (out->write(out, text, sizeof(text)) != 0) {
+        out->reset(out);
+        out->writef(out, "sha256: the 64-byte digest is larger than max_payload");
+        return CRUNCHD_RESOURCE_EXHAUSTED;
+    }
+    return CRUNCHD_OK;
+}
+
+static int h_sha256_raw(void *state, const unsigned char *in, size_t len, crunchd_out_t *out)
+{
+    unsigned char d[32];
+    digest(state, in, len, d);
+    if (out->write(out, d, sizeof(d)) != 0) {
+        out->reset(out);
+        out->writef(out, "sha256_raw: the 32-byte digest is larger than max_payload");
+        return CRUNCHD_RESOURCE_EXHAUSTED;
+    }
+    return CRUNCHD_OK;
+}
+
+static const crunchd_handler_t handlers[] = {
+    {"sha256", h_sha256},
+    {"sha256_raw", h_sha256_raw},
+    {NULL, NULL},
+};
+
+const crunchd_module_t crunchd_module = {
+    .abi = CRUNCHD_MODULE_ABI,
+    .name = "sha256",
+    .handlers = handlers,
+    .init = mod_init,
+    .fini = mod_fini,
+};
