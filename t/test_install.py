@@ -22,7 +22,8 @@ from conftest import SRCDIR, WAIT, disarm_watchdog
 BUILDDIR = os.environ.get("CRUNCHD_BUILDDIR")
 MAKE_TIMEOUT = 300
 
-DIRS = ("prefix", "bindir", "sbindir", "sysconfdir", "mandir")
+DIRS = ("prefix", "bindir", "sbindir", "sysconfdir", "mandir", "libdir", "includedir",
+        "pkglibdir")
 
 PRINT_DIRS = "print-crunchd-install-dirs:\n" + "".join(
     "\t@echo '%s=$(%s)'\n" % (d, d) for d in DIRS)
@@ -78,15 +79,17 @@ def under(dest, path):
 
 
 def expected_files(dirs):
-    """What install must put there. The modules engineer's items
-    ($(libdir)/crunchd/, $(includedir)/crunchd/module.h,
-    $(libdir)/pkgconfig/crunchd-module.pc) and crunch-bench (bin, man1) are
-    added here when they land."""
+    """What install must put there."""
     conf = os.path.join(dirs["sysconfdir"], "crunchd")
     man = dirs["mandir"]
     return {
         "sbin": os.path.join(dirs["sbindir"], "crunchd"),
         "bin": os.path.join(dirs["bindir"], "crunchctl"),
+        "bench": os.path.join(dirs["bindir"], "crunch-bench"),
+        "header": os.path.join(dirs["includedir"], "crunchd", "module.h"),
+        "pkgconfig": os.path.join(dirs["libdir"], "pkgconfig", "crunchd-module.pc"),
+        "module": os.path.join(dirs["pkglibdir"], "sha256.so"),
+        "man1-bench": os.path.join(man, "man1", "crunch-bench.1"),
         "conf": os.path.join(conf, "crunchd.conf"),
         "conf.default": os.path.join(conf, "crunchd.conf.default"),
         "man8": os.path.join(man, "man8", "crunchd.8"),
@@ -101,7 +104,7 @@ def test_make_install_layout(dirs, dest):
     files = expected_files(dirs)
     for what, path in files.items():
         assert os.path.isfile(under(dest, path)), "%s: %s not installed" % (what, path)
-    for what in ("sbin", "bin"):
+    for what in ("sbin", "bin", "bench"):
         assert os.access(under(dest, files[what]), os.X_OK), files[what]
     shipped = os.path.join(SRCDIR, "conf", "crunchd.conf")
     assert filecmp.cmp(under(dest, files["conf"]), shipped, shallow=False)
