@@ -200,3 +200,40 @@ def test_twenty_reloads_under_load_fail_no_call(crunchd):
         len(errors), sum(counts) + len(errors), errors[:5])
     print("calls", sum(counts), "errors", len(errors))
     assert sum(counts) > 200
+
+
+def _fds(pid):
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return None
+
+
+def test_no_fd_or_process_leak_across_100_reloads(crunchd):
+    """100 reloads (most worker-level, every tenth acceptor-level): the master
+    and the children of the final generation hold as many descriptors as
+    before, and no process is left over."""
+    d = crunchd(workers=1, acceptors=1, max_connection_age_ms=1000,
+                max_connection_age_grace_ms=1000)
+    assert d.run("echo", "x").output == b"x"
+    master_before = _fds(d.pid)
+    kids_before = sorted(_fds(p) for p in d.children())
+    gen = 1
+    for n in range(100):
+        gen += 1
+        if n % 10 == 9:
+            reload(d, r"reload: generation %d started" % gen,
+                   max_connection_age_ms=1000 + n)
+        else:
+            reload(d, r"reload: generation %d: " % gen, workers=1 + n % 2)
+    d.settings["workers"] = 1
+    reload(d, r"reload: generation %d: " % (gen + 1), workers=1)
+
+    def settled():
+        t = titles(d)
+        return len(t) == 2 and sum(1 for x in t.values() if x.startswith("crunchd: worker")) == 1
+    wait_for(settled, timeout=WAIT * 2, what="one acceptor and one worker left")
+    assert d.run("echo", "y").output == b"y"
+    assert _fds(d.pid) == master_before, "master descriptors: %d -> %d" % (
+        master_before, _fds(d.pid))
+    assert sorted(_fds(p) for p in d.children()) == kids_before
