@@ -45,6 +45,11 @@ TEST_TIME_LIMIT = 170.0 * SCALE  # a hung test fails instead of hanging make che
 # Daemons started by tests must never notify a systemd that runs pytest.
 os.environ.pop("NOTIFY_SOCKET", None)
 
+# In a sanitizer build (--enable-sanitizers), let crash signals kill the
+# process as they do in a normal build: the supervision tests kill workers with
+# SIGSEGV and SIGABRT on purpose and expect the master to see that signal.
+os.environ.setdefault("ASAN_OPTIONS", "handle_segv=0:handle_sigbus=0:handle_abort=0")
+
 # No core files from children we kill with SIGSEGV (inherited by the daemon).
 try:
     resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
