@@ -412,8 +412,7 @@ static void rpc_fmt_size(uint64_t n, char *buf, size_t len)
 
 /* --- messages ------------------------------------------------------------------ */
 
-/* A protobuf message as a byte buffer: one allocation, one pack. */
-static grpc_byte_buffer *rpc_pack(const ProtobufCMessage *m)
+grpc_byte_buffer *cr_rpc_pack(const ProtobufCMessage *m)
 {
     size_t len = protobuf_c_message_get_packed_size(m);
     grpc_slice s = grpc_slice_malloc(len);
@@ -425,8 +424,8 @@ static grpc_byte_buffer *rpc_pack(const ProtobufCMessage *m)
 
 /* Unpack a received message. protobuf-c wants contiguous bytes: a one-slice
  * message is read in place, a larger one (many slices) is joined first. */
-static ProtobufCMessage *rpc_unpack(const ProtobufCMessageDescriptor *desc,
-                                    grpc_byte_buffer *bb)
+ProtobufCMessage *cr_rpc_unpack(const ProtobufCMessageDescriptor *desc,
+                                grpc_byte_buffer *bb)
 {
     grpc_byte_buffer_reader r;
     ProtobufCMessage *m;
@@ -449,7 +448,7 @@ static ProtobufCMessage *rpc_unpack(const ProtobufCMessageDescriptor *desc,
 
 static Crunch__V1__Task *rpc_decode_task(grpc_byte_buffer *bb)
 {
-    return (Crunch__V1__Task *)rpc_unpack(&crunch__v1__task__descriptor, bb);
+    return (Crunch__V1__Task *)cr_rpc_unpack(&crunch__v1__task__descriptor, bb);
 }
 
 static const char *rpc_handler_name(uint32_t h)
@@ -498,7 +497,7 @@ static grpc_byte_buffer *rpc_res_pack(cr_region_t *r, uint32_t d, const rpc_res_
     m.worker = t->worker;
     m.queued_us = res->queue_us;
     m.run_us = res->run_us;
-    return rpc_pack(&m.base);
+    return cr_rpc_pack(&m.base);
 }
 
 /* --- call contexts ------------------------------------------------------------- */
@@ -825,7 +824,7 @@ static void rpc_stream_error(rpc_call_t *c, uint64_t id, int code, const char *m
     m.code = code;
     m.error = (char *)msg;
     c->failed++;
-    rpc_stream_push(c, rpc_pack(&m.base));
+    rpc_stream_push(c, cr_rpc_pack(&m.base));
 }
 
 /* A Submit task was refused: counted in SubmitReply.rejected, and said in the
@@ -1123,32 +1122,46 @@ static void rpc_submit_or_wait(rpc_call_t *c)
 
 /* --- Run ----------------------------------------------------------------------- */
 
+/* Take and decode the one request message of a new unary-request call
+ * (Run, Updates). Answers INTERNAL (no message) or INVALID_ARGUMENT
+ * (malformed) itself and returns NULL then. c->mu held. */
+static ProtobufCMessage *rpc_take_request(rpc_call_t *c,
+                                          const ProtobufCMessageDescriptor *desc)
+{
+    char msg[RPC_MSG_MAX];
+    grpc_byte_buffer *bb = c->payload;
+
+    c->payload = NULL;
+    if (bb == NULL) {
+        snprintf(msg, sizeof(msg),
+                 "no %s message: the client closed the call without sending one",
+                 desc->short_name);
+        rpc_call_finish(c, GRPC_STATUS_INTERNAL, msg, NULL);
+        return NULL;
+    }
+    c->bytes_in = grpc_byte_buffer_length(bb);
+    ProtobufCMessage *m = cr_rpc_unpack(desc, bb);
+    grpc_byte_buffer_destroy(bb);
+    if (m == NULL) {
+        snprintf(msg, sizeof(msg), "malformed %s message; send a %s", desc->short_name,
+                 desc->name);
+        rpc_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, msg, NULL);
+    }
+    return m;
+}
+
 /* Validate the request of a new Run call and submit it (or park it on the
  * pending list, or answer an error). c->mu held. */
 static void rpc_run_accept(rpc_call_t *c)
 {
-    grpc_byte_buffer *bb = c->payload;
     Crunch__V1__Task *task;
     char msg[RPC_MSG_MAX];
     uint32_t h;
     uint64_t dl;
 
-    c->payload = NULL;
-    if (bb == NULL) {
-        rpc_call_finish(c, GRPC_STATUS_INTERNAL,
-                        "no Task message: the client closed the call without sending a "
-                        "crunch.v1.Task",
-                        NULL);
+    task = (Crunch__V1__Task *)rpc_take_request(c, &crunch__v1__task__descriptor);
+    if (task == NULL)
         return;
-    }
-    c->bytes_in = grpc_byte_buffer_length(bb);
-    task = rpc_decode_task(bb);
-    grpc_byte_buffer_destroy(bb);
-    if (task == NULL) {
-        rpc_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT,
-                        "malformed Task message; send a crunch.v1.Task", NULL);
-        return;
-    }
     c->task = task;
     c->id = task->id;
     if (task->handler)
@@ -1292,7 +1305,7 @@ static void rpc_stream_try_finish(rpc_call_t *c)
             Crunch__V1__SubmitReply m = CRUNCH__V1__SUBMIT_REPLY__INIT;
             m.accepted = c->ok;
             m.rejected = c->failed;
-            rpc_call_finish(c, GRPC_STATUS_OK, NULL, rpc_pack(&m.base));
+            rpc_call_finish(c, GRPC_STATUS_OK, NULL, cr_rpc_pack(&m.base));
         } else if (c->draining) {
             rpc_call_finishf(c, GRPC_STATUS_UNAVAILABLE,
                              RPC_RELOADING "; the first %" PRIu64
@@ -1355,6 +1368,23 @@ static void rpc_stream_abort(rpc_call_t *c, int code, const char *msg)
     rpc_out_drop(c);
 }
 
+/* Hold a valid Task read from a RunStream or a Submit call (fd: its feed
+ * reservation, CR_NONE for RunStream) and submit it, or wait for room.
+ * c->mu held; task is c's now. */
+static void rpc_stream_hold(rpc_call_t *c, Crunch__V1__Task *task, uint32_t h, uint64_t dl,
+                            uint32_t fd)
+{
+    c->task = task;
+    c->id = task->id;
+    c->handler = h;
+    c->deadline_ns = dl;
+    c->held_fd = fd;
+    cr_log_debug("%s: task %" PRIu64 " handler %s, %zu bytes",
+                 fd == CR_NONE ? "RunStream" : "Submit", task->id, cr_handler_name(h),
+                 task->payload.len);
+    rpc_submit_or_wait(c);
+}
+
 /* A Task read from a RunStream. c->mu held; task is ours. */
 static void rpc_stream_task(rpc_call_t *c, Crunch__V1__Task *task)
 {
@@ -1368,14 +1398,7 @@ static void rpc_stream_task(rpc_call_t *c, Crunch__V1__Task *task)
         crunch__v1__task__free_unpacked(task, NULL);
         return;
     }
-    c->task = task;
-    c->id = task->id;
-    c->handler = h;
-    c->deadline_ns = dl;
-    c->held_fd = CR_NONE;
-    cr_log_debug("RunStream: task %" PRIu64 " handler %s, %zu bytes", task->id,
-                 cr_handler_name(h), task->payload.len);
-    rpc_submit_or_wait(c);
+    rpc_stream_hold(c, task, h, dl, CR_NONE);
 }
 
 /* A Task read from a Submit call: reserve its place in the updates feed first
@@ -1403,14 +1426,7 @@ static void rpc_submit_task(rpc_call_t *c, Crunch__V1__Task *task)
         crunch__v1__task__free_unpacked(task, NULL);
         return;
     }
-    c->task = task;
-    c->id = task->id;
-    c->handler = h;
-    c->deadline_ns = dl;
-    c->held_fd = fd;
-    cr_log_debug("Submit: task %" PRIu64 " handler %s, %zu bytes, feed entry %u",
-                 task->id, cr_handler_name(h), task->payload.len, fd);
-    rpc_submit_or_wait(c);
+    rpc_stream_hold(c, task, h, dl, fd);
 }
 
 /* RECV_MESSAGE of a RunStream or Submit completed (gRPC thread). */
@@ -1673,26 +1689,10 @@ static void *rpc_updates_main(void *arg)
 /* A new Updates call: decode the request and subscribe. c->mu held. */
 static void rpc_updates_accept(rpc_call_t *c)
 {
-    grpc_byte_buffer *bb = c->payload;
-
-    c->payload = NULL;
-    if (bb == NULL) {
-        rpc_call_finish(c, GRPC_STATUS_INTERNAL,
-                        "no UpdatesRequest message: the client closed the call without "
-                        "sending one",
-                        NULL);
+    Crunch__V1__UpdatesRequest *req = (Crunch__V1__UpdatesRequest *)rpc_take_request(
+        c, &crunch__v1__updates_request__descriptor);
+    if (req == NULL)
         return;
-    }
-    c->bytes_in = grpc_byte_buffer_length(bb);
-    Crunch__V1__UpdatesRequest *req = (Crunch__V1__UpdatesRequest *)rpc_unpack(
-        &crunch__v1__updates_request__descriptor, bb);
-    grpc_byte_buffer_destroy(bb);
-    if (req == NULL) {
-        rpc_call_finish(
-            c, GRPC_STATUS_INVALID_ARGUMENT,
-            "malformed UpdatesRequest message; send a crunch.v1.UpdatesRequest", NULL);
-        return;
-    }
     c->max_results = req->max_results;
     crunch__v1__updates_request__free_unpacked(req, NULL);
     if (!rpc.updates_started) {

@@ -5,6 +5,7 @@
 #include "acceptor.h"
 
 #include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
 
 /* How the acceptor was asked to stop. A fast stop overrides a graceful one. */
 typedef enum {
@@ -96,6 +97,14 @@ typedef struct {
 } cr_rpc_service_t;
 
 extern const cr_rpc_service_t cr_rpc_health, cr_rpc_reflection, cr_rpc_stats;
+
+/* A protobuf-c message as a byte buffer (one allocation, one pack). */
+grpc_byte_buffer *cr_rpc_pack(const ProtobufCMessage *m);
+
+/* Unpack a received message (joined first if it came in several slices).
+ * NULL if malformed. The caller still owns bb. */
+ProtobufCMessage *cr_rpc_unpack(const ProtobufCMessageDescriptor *desc,
+                                grpc_byte_buffer *bb);
 
 /* True once no batch may be started any more. */
 bool cr_rpc_closed(void);

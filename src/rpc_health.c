@@ -162,30 +162,15 @@ static grpc_byte_buffer *health_message(int status)
 {
     Grpc__Health__V1__HealthCheckResponse res =
         GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    uint8_t buf[16];
-
     res.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
-    size_t len = grpc__health__v1__health_check_response__pack(&res, buf);
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, len);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    return bb;
+    return cr_rpc_pack(&res.base);
 }
 
 /* Decode a HealthCheckRequest; NULL if malformed. */
 static Grpc__Health__V1__HealthCheckRequest *health_decode(grpc_byte_buffer *bb)
 {
-    grpc_byte_buffer_reader r;
-    Grpc__Health__V1__HealthCheckRequest *req;
-
-    if (!grpc_byte_buffer_reader_init(&r, bb))
-        return NULL;
-    grpc_slice all = grpc_byte_buffer_reader_readall(&r);
-    req = grpc__health__v1__health_check_request__unpack(NULL, GRPC_SLICE_LENGTH(all),
-                                                         GRPC_SLICE_START_PTR(all));
-    grpc_slice_unref(all);
-    grpc_byte_buffer_reader_destroy(&r);
-    return req;
+    return (Grpc__Health__V1__HealthCheckRequest *)cr_rpc_unpack(
+        &grpc__health__v1__health_check_request__descriptor, bb);
 }
 
 /* --- Check, and the final batch of any call ----------------------------------------- */

@@ -495,14 +495,7 @@ static grpc_byte_buffer *refl_answer(refl_req_t *req)
         res.error_response = &err;
     }
 
-    size_t len =
-        grpc__reflection__v1alpha__server_reflection_response__get_packed_size(&res);
-    grpc_slice s = grpc_slice_malloc(len);
-    size_t packed = grpc__reflection__v1alpha__server_reflection_response__pack(
-        &res, GRPC_SLICE_START_PTR(s));
-    cr_assert(packed == len);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
+    grpc_byte_buffer *bb = cr_rpc_pack(&res.base);
     free(files);
     free(in);
     return bb;
@@ -510,17 +503,8 @@ static grpc_byte_buffer *refl_answer(refl_req_t *req)
 
 static refl_req_t *refl_decode(grpc_byte_buffer *bb)
 {
-    grpc_byte_buffer_reader r;
-    refl_req_t *req;
-
-    if (!grpc_byte_buffer_reader_init(&r, bb))
-        return NULL;
-    grpc_slice all = grpc_byte_buffer_reader_readall(&r);
-    req = grpc__reflection__v1alpha__server_reflection_request__unpack(
-        NULL, GRPC_SLICE_LENGTH(all), GRPC_SLICE_START_PTR(all));
-    grpc_slice_unref(all);
-    grpc_byte_buffer_reader_destroy(&r);
-    return req;
+    return (refl_req_t *)cr_rpc_unpack(
+        &grpc__reflection__v1alpha__server_reflection_request__descriptor, bb);
 }
 
 /* --- stream contexts ---------------------------------------------------------------- */

@@ -297,19 +297,10 @@ static stats_reply_t *stats_collect(void)
 /* Decode the request only to refuse garbage: StatsRequest has no fields yet. */
 static bool stats_request_ok(grpc_byte_buffer *bb)
 {
-    grpc_byte_buffer_reader r;
-    Crunch__V1__StatsRequest *req;
-
-    if (!grpc_byte_buffer_reader_init(&r, bb))
-        return false;
-    grpc_slice all = grpc_byte_buffer_reader_readall(&r);
-    req = crunch__v1__stats_request__unpack(NULL, GRPC_SLICE_LENGTH(all),
-                                            GRPC_SLICE_START_PTR(all));
-    grpc_slice_unref(all);
-    grpc_byte_buffer_reader_destroy(&r);
+    ProtobufCMessage *req = cr_rpc_unpack(&crunch__v1__stats_request__descriptor, bb);
     if (req == NULL)
         return false;
-    crunch__v1__stats_request__free_unpacked(req, NULL);
+    protobuf_c_message_free_unpacked(req, NULL);
     return true;
 }
 
@@ -348,13 +339,8 @@ static void stats_on_new(cr_rpc_cb_t *cb, bool ok)
                      "the acceptor is out of memory; retry later");
         return;
     }
-    size_t len = crunch__v1__stats_reply__get_packed_size(&s->r);
-    grpc_slice sl = grpc_slice_malloc(len);
-    size_t packed = crunch__v1__stats_reply__pack(&s->r, GRPC_SLICE_START_PTR(sl));
-    cr_assert(packed == len);
+    grpc_byte_buffer *bb = cr_rpc_pack(&s->r.base);
     stats_reply_free(s);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
     stats_answer(c, bb, GRPC_STATUS_OK, NULL);
 }
 
