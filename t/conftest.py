@@ -15,7 +15,9 @@
 #   CRUNCHD_TEST_TIMEOUT_SCALE  multiply every timeout (sanitizer/valgrind runs)
 
 import atexit
+import math
 import os
+import queue
 import re
 import resource
 import shutil
@@ -765,3 +767,64 @@ def crunchd(tmp_path):
 def daemon(crunchd):
     """A crunchd with the defaults (1 acceptor, 2 workers), started."""
     return crunchd()
+
+
+# --------------------------------------------------------------------------
+# Helpers shared by the RPC tests
+
+def expected(handler, payload):
+    """The output a built-in handler gives for payload (bytes)."""
+    if handler == "echo":
+        return payload
+    if handler == "prime":
+        return b"true" if is_prime(int(payload)) else b"false"
+    if handler == "gcd":
+        a, b = map(int, payload.split())
+        return str(math.gcd(a, b)).encode()
+    return b""
+
+
+class Feeder:
+    """A request iterator for a streaming call that the test feeds by hand;
+    close() half-closes the stream. Counts what gRPC pulled from it."""
+
+    def __init__(self):
+        self.q = queue.Queue()
+        self.pulled = 0
+
+    def put(self, task):
+        self.q.put(task)
+
+    def close(self):
+        self.q.put(None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t = self.q.get()
+        if t is None:
+            raise StopIteration
+        self.pulled += 1
+        return t
+
+
+def stats(d, stub=None):
+    """The Stats reply of d (the region of the acceptor that answers)."""
+    return (stub or d.stub()).Stats(pb.StatsRequest(), timeout=RPC_TIMEOUT)
+
+
+def region_idle(d, stub=None):
+    """True when no descriptor and no arena byte is in use (Stats.queue)."""
+    q = stats(d, stub).queue
+    return (q.capacity > 0 and q.tasks_free == q.capacity and q.depth == 0
+            and q.running == 0 and q.arena_free == q.arena_size)
+
+
+def wait_region_idle(d, what="the region back to idle"):
+    stub = d.stub()
+    try:
+        wait_for(lambda: region_idle(d, stub), what=what)
+    except AssertionError:
+        q = stats(d, stub).queue
+        raise AssertionError("%s; Stats.queue is now: %s" % (what, str(q).replace("\n", ", ")))

@@ -9,7 +9,7 @@ import queue
 
 import grpc
 
-from conftest import RPC_TIMEOUT, SCALE, WAIT, call_status, pb, pb_grpc, wait_for
+from conftest import RPC_TIMEOUT, SCALE, call_status, pb, pb_grpc, wait_for
 
 
 def established_by_pid(pids, port):

@@ -4,7 +4,6 @@
 # owns with UNAVAILABLE "server reloading, reconnect" after their results, and
 # exits once every connection is gone (or shutdown_timeout_ms passed).
 
-import queue
 import signal
 import threading
 import time
@@ -12,31 +11,10 @@ import time
 import grpc
 import pytest
 
-from conftest import RPC_TIMEOUT, SCALE, WAIT, alive, call_status, pb, pb_grpc, wait_for
+from conftest import (RPC_TIMEOUT, SCALE, WAIT, Feeder, alive, call_status, pb, pb_grpc,
+                      wait_for)
 
 RELOADING = "server reloading, reconnect"
-
-
-class Feeder:
-    """Request iterator fed by hand; close() half-closes."""
-
-    def __init__(self):
-        self.q = queue.Queue()
-
-    def put(self, task):
-        self.q.put(task)
-
-    def close(self):
-        self.q.put(None)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        t = self.q.get()
-        if t is None:
-            raise StopIteration
-        return t
 
 
 def own_stub(d):

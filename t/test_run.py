@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from conftest import (GCD_SEEDS, PRIME_SEEDS, RPC_TIMEOUT, SCALE, free_port,
+from conftest import (GCD_SEEDS, PRIME_SEEDS, RPC_TIMEOUT, SCALE, expected, free_port,
                       have_ipv6_loopback, is_prime, pb, pb_grpc, start_blocker)
 
 
@@ -118,17 +118,6 @@ def test_queued_us_counts_the_wait(crunchd):
     assert r.run_us < r.queued_us
 
 
-def _expected(handler, payload):
-    if handler == "echo":
-        return payload
-    if handler == "prime":
-        return b"true" if is_prime(int(payload)) else b"false"
-    if handler == "gcd":
-        a, b = map(int, payload.split())
-        return str(math.gcd(a, b)).encode()
-    return b""
-
-
 def test_2000_calls_from_50_threads(crunchd):
     d = crunchd(workers=2)
     stubs = [pb_grpc.CrunchStub(d.channel()) for _ in range(5)]
@@ -161,7 +150,7 @@ def test_2000_calls_from_50_threads(crunchd):
             with lock:
                 errors.append((i, h, p[:40], repr(e)[:300]))
             return
-        want = _expected(h, p)
+        want = expected(h, p)
         with lock:
             done[0] += 1
             workers_seen.add(r.worker)

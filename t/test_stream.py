@@ -2,9 +2,6 @@
 # Results, back-pressure both ways (queue full, client not reading), half-close,
 # cancel and disconnect leave the shared region idle, message size limits.
 
-import math
-import os
-import queue
 import random
 import threading
 import time
@@ -12,69 +9,12 @@ import time
 import grpc
 import pytest
 
-from conftest import (RPC_TIMEOUT, SCALE, WAIT, call_status, is_prime, pb, pb_grpc,
-                      wait_for)
+from conftest import (RPC_TIMEOUT, SCALE, Feeder, call_status, expected, pb, pb_grpc,
+                      stats, wait_for, wait_region_idle)
 
 
 # --------------------------------------------------------------------------
 # helpers
-
-def stats(d, stub=None):
-    """The Stats reply of d (the region of the acceptor that answers)."""
-    return (stub or d.stub()).Stats(pb.StatsRequest(), timeout=RPC_TIMEOUT)
-
-
-def region_idle(d, stub=None):
-    """True when no descriptor and no arena byte is in use (Stats.queue)."""
-    q = stats(d, stub).queue
-    return (q.capacity > 0 and q.tasks_free == q.capacity and q.depth == 0
-            and q.running == 0 and q.arena_free == q.arena_size)
-
-
-def wait_region_idle(d, what="the region back to idle"):
-    stub = d.stub()
-    try:
-        wait_for(lambda: region_idle(d, stub), what=what)
-    except AssertionError:
-        q = stats(d, stub).queue
-        raise AssertionError("%s; Stats.queue is now: %s" % (what, str(q).replace("\n", ", ")))
-
-
-class Feeder:
-    """A request iterator for a streaming call that the test feeds by hand;
-    close() half-closes the stream. Counts what gRPC pulled from it."""
-
-    def __init__(self):
-        self.q = queue.Queue()
-        self.pulled = 0
-
-    def put(self, task):
-        self.q.put(task)
-
-    def close(self):
-        self.q.put(None)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        t = self.q.get()
-        if t is None:
-            raise StopIteration
-        self.pulled += 1
-        return t
-
-
-def expected(handler, payload):
-    if handler == "echo":
-        return payload
-    if handler == "prime":
-        return b"true" if is_prime(int(payload)) else b"false"
-    if handler == "gcd":
-        a, b = map(int, payload.split())
-        return str(math.gcd(a, b)).encode()
-    return b""
-
 
 # --------------------------------------------------------------------------
 # basics

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -56,7 +55,6 @@ def test_task_timeout_kills_the_worker_and_fails_the_task(crunchd):
 
 def test_worker_max_tasks_recycles_without_failing_a_call(crunchd):
     d = crunchd(workers=2, worker_max_tasks=5)
-    seen = set()
     with ThreadPoolExecutor(4) as ex:
         results = list(ex.map(lambda i: d.run("echo", str(i), id=i), range(60)))
     assert [r.output for r in results] == [str(i).encode() for i in range(60)]
@@ -78,7 +76,7 @@ def test_acceptor_killed_under_load_others_go_on_and_nothing_leaks(crunchd):
         while not stop.is_set():
             i += 1
             try:
-                r = stub.Run(pb.Task(id=i, handler="sleep" if i % 4 == 0 else "echo",
+                stub.Run(pb.Task(id=i, handler="sleep" if i % 4 == 0 else "echo",
                                      payload=b"20" if i % 4 == 0 else b"x"),
                              timeout=WAIT, wait_for_ready=True)
                 ok[0] += 1
@@ -118,7 +116,6 @@ def test_crash_loop_backs_off(crunchd):
     d.allow_log(r"\[crit\].*died \d+ times within")
     with ThreadPoolExecutor(8) as ex:
         futs = [ex.submit(call_status, d.run, "crash", "segv", id=i) for i in range(8)]
-        t0 = time.monotonic()
         codes = [f.result()[0] for f in futs]
     assert set(codes) == {grpc.StatusCode.ABORTED}, codes
     log = d.log_text()

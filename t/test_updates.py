@@ -4,16 +4,11 @@
 # back what they held.
 
 import threading
-import time
 
 import grpc
-import pytest
 
-from conftest import RPC_TIMEOUT, SCALE, WAIT, call_status, pb, pb_grpc, wait_for
-
-
-def stats(d, stub=None):
-    return (stub or d.stub()).Stats(pb.StatsRequest(), timeout=RPC_TIMEOUT)
+from conftest import (RPC_TIMEOUT, SCALE, WAIT, call_status, pb, pb_grpc, region_idle,
+                      stats, wait_for)
 
 
 def wait_depth(d, n, what=None):
@@ -21,12 +16,6 @@ def wait_depth(d, n, what=None):
     stub = d.stub()
     wait_for(lambda: stats(d, stub).updates_depth == n,
              what=what or "updates_depth == %d (now %d)" % (n, stats(d, stub).updates_depth))
-
-
-def region_idle(d, stub=None):
-    q = stats(d, stub).queue
-    return (q.capacity > 0 and q.tasks_free == q.capacity and q.depth == 0
-            and q.running == 0 and q.arena_free == q.arena_size)
 
 
 def own_channel(d):
