@@ -49,6 +49,7 @@
 #include "ctl.h"
 #include "handlers.h"
 #include "log.h"
+#include "task_check.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -774,42 +775,13 @@ static int rpc_task_check(const rpc_call_t *c, const Crunch__V1__Task *task,
                           bool with_call_deadline, uint32_t *handler,
                           uint64_t *deadline_ns, char *msg, size_t len)
 {
-    const char *name = task->handler ? task->handler : "";
-    uint64_t now, dl = 0;
-    int64_t left;
-    char list[256], shown[72];
+    /* The checks themselves are gRPC-free (task_check.c, fuzzed by t/fuzz);
+     * only the call's deadline is read here. CR_STATUS_* are gRPC's numbers. */
+    cr_task_limits_t lim = {.max_payload = rpc.conf->max_payload, .now_ns = cr_now_ns()};
 
-    *handler = cr_handler_find(name, strlen(name));
-    if (*handler == CR_NONE) {
-        rpc_printable(shown, sizeof(shown), name, strlen(name));
-        cr_handler_list(list, sizeof(list));
-        snprintf(msg, len, "unknown handler \"%s\"; known handlers: %s", shown, list);
-        return GRPC_STATUS_NOT_FOUND;
-    }
-    if (task->payload.len > rpc.conf->max_payload) {
-        snprintf(msg, len,
-                 "payload is %zu bytes; max_payload is %" PRIu64
-                 " bytes (raise max_payload in crunchd.conf or send less)",
-                 task->payload.len, rpc.conf->max_payload);
-        return GRPC_STATUS_INVALID_ARGUMENT;
-    }
-    /* Workers compare against cr_now_ns(), so translate the gRPC deadline into
-     * a remaining time first. */
-    now = cr_now_ns();
-    if (with_call_deadline && rpc_time_left(c->deadline, &left)) {
-        if (left <= 0) {
-            snprintf(msg, len, "the call's deadline passed before the task was queued");
-            return GRPC_STATUS_DEADLINE_EXCEEDED;
-        }
-        dl = now + (uint64_t)left;
-    }
-    if (task->timeout_ms > 0) {
-        uint64_t t = now + (uint64_t)task->timeout_ms * RPC_NS_PER_MS;
-        if (dl == 0 || t < dl)
-            dl = t;
-    }
-    *deadline_ns = dl;
-    return GRPC_STATUS_OK;
+    lim.call_deadline = with_call_deadline && rpc_time_left(c->deadline, &lim.call_left_ns);
+    return cr_task_check(&lim, task->handler ? task->handler : "", task->payload.len,
+                         task->timeout_ms, handler, deadline_ns, msg, len);
 }
 
 static void rpc_stream_push(rpc_call_t *c, grpc_byte_buffer *bb);
