@@ -9,7 +9,11 @@
 extern char **environ;
 
 static char *cr_title_start, *cr_title_end;
-static char **cr_environ_copy; /* kept for the life of the process */
+/* The moved environment, kept reachable for the life of the process: glibc's
+ * exit-time cleanup (valgrind runs it) sets environ to NULL, and leak checkers
+ * would then call the copy lost. volatile: a static that is only written is
+ * otherwise optimized away, store and all. */
+static char **volatile cr_environ_copy;
 
 /* The kernel shows argv's memory as the command line; to write a longer title
  * than argv held, nginx moves the environment (which follows argv) elsewhere
@@ -33,7 +37,8 @@ void cr_proctitle_init(int argc, char **argv)
             return;
     }
     env[nenv] = NULL;
-    environ = cr_environ_copy = env;
+    cr_environ_copy = env;
+    environ = env;
     /* Keep argv[0] valid for code that still reads it: copy it. */
     cr_title_start = argv[0];
     cr_title_end = end;
