@@ -71,6 +71,7 @@ typedef struct {
     unsigned nrecs, recs_cap;
     char *inc_names[64]; /* include paths seen by the scan, owned here */
     unsigned ninc_names;
+    bool check_paths;      /* cr_conf_load_run: the files crunchd writes */
     const char *open_what; /* "string" or "comment" left open, or NULL */
     const char *open_file;
     unsigned open_line;
@@ -2241,6 +2242,69 @@ static int conf_check(conf_ctx_t *cx)
     return CR_OK;
 }
 
+/* Can crunchd create or append to the file at `path` (cmd's setting)? Only
+ * stat and access: -t must not create anything. Names the line that set it,
+ * or the file alone for a default. */
+static int conf_check_path(conf_ctx_t *cx, const conf_cmd_t *cmd)
+{
+    const char *path = CONF_FIELD(cx->c, cmd, const char);
+    unsigned at = conf_cmd_index(cmd->offset);
+    char dir[PATH_MAX], *slash;
+    struct stat st;
+
+    if (path[0] == '\0' || (cmd->literal != NULL && strcmp(path, cmd->literal) == 0))
+        return CR_OK;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return conf_error_at(cx, cx->files[at], cx->lines[at],
+                                 "%s: %s is a directory; name a file in it, like %s/%s",
+                                 cmd->name, path, path,
+                                 strcmp(cmd->name, "pid_file") == 0 ? "crunchd.pid"
+                                                                     : "crunchd.log");
+        if (access(path, W_OK) != 0)
+            return conf_error_at(cx, cx->files[at], cx->lines[at],
+                                 "%s: cannot write %s: %s; fix its permissions or "
+                                 "change %s",
+                                 cmd->name, path, strerror(errno), cmd->name);
+        return CR_OK;
+    }
+    if (errno != ENOENT)
+        return conf_error_at(cx, cx->files[at], cx->lines[at],
+                             "%s: cannot use %s: %s; fix the path or change %s", cmd->name,
+                             path, strerror(errno), cmd->name);
+    snprintf(dir, sizeof(dir), "%s", path);
+    slash = strrchr(dir, '/');
+    if (slash == NULL)
+        return CR_OK; /* resolved paths are absolute */
+    slash[slash == dir] = '\0';
+    if (stat(dir, &st) != 0)
+        return conf_error_at(cx, cx->files[at], cx->lines[at],
+                             "%s: the directory %s does not exist (%s); create it or "
+                             "change %s",
+                             cmd->name, dir, strerror(errno), cmd->name);
+    if (!S_ISDIR(st.st_mode))
+        return conf_error_at(cx, cx->files[at], cx->lines[at],
+                             "%s: %s is not a directory; change %s", cmd->name, dir,
+                             cmd->name);
+    if (access(dir, W_OK | X_OK) != 0)
+        return conf_error_at(cx, cx->files[at], cx->lines[at],
+                             "%s: cannot create files in %s: %s; fix its permissions or "
+                             "change %s",
+                             cmd->name, dir, strerror(errno), cmd->name);
+    return CR_OK;
+}
+
+static int conf_check_paths(conf_ctx_t *cx)
+{
+    static const size_t paths[] = {CONF_OFF(pid_file), CONF_OFF(error_log),
+                                   CONF_OFF(access_log)};
+
+    for (size_t i = 0; i < cr_nelem(paths); i++)
+        if (conf_check_path(cx, &conf_cmds[conf_cmd_index(paths[i])]) != CR_OK)
+            return CR_ERROR;
+    return CR_OK;
+}
+
 static int conf_apply(conf_ctx_t *cx, const config_t *cfg)
 {
     const config_setting_t *root = config_root_setting(cfg);
@@ -2284,7 +2348,9 @@ static int conf_apply(conf_ctx_t *cx, const config_t *cfg)
         cx->lines[k] = config_setting_source_line(s);
         cx->files[k] = config_setting_source_file(s);
     }
-    return conf_check(cx);
+    if (conf_check(cx) != CR_OK)
+        return CR_ERROR;
+    return cx->check_paths ? conf_check_paths(cx) : CR_OK;
 }
 
 /* A string or comment the scan found open at the end of the text. */
@@ -2374,10 +2440,11 @@ int cr_conf_load_string(cr_conf_t *c, const char *text, const char *name,
     return conf_load_text(&cx, text);
 }
 
-int cr_conf_load(cr_conf_t *c, const char *file, const char *prefix, char *err,
-                 size_t errlen)
+static int conf_load_file(cr_conf_t *c, const char *file, const char *prefix, char *err,
+                          size_t errlen, bool check_paths)
 {
-    conf_ctx_t cx = {.c = c, .name = file, .err = err, .errlen = errlen};
+    conf_ctx_t cx = {.c = c, .name = file, .err = err, .errlen = errlen,
+                     .check_paths = check_paths};
     char dir[PATH_MAX], shown[PATH_MAX + 256], *text = NULL, *slash;
     struct stat st;
     size_t got = 0;
@@ -2455,6 +2522,18 @@ done:
     if (fd != -1)
         close(fd);
     return rc;
+}
+
+int cr_conf_load(cr_conf_t *c, const char *file, const char *prefix, char *err,
+                 size_t errlen)
+{
+    return conf_load_file(c, file, prefix, err, errlen, false);
+}
+
+int cr_conf_load_run(cr_conf_t *c, const char *file, const char *prefix, char *err,
+                     size_t errlen)
+{
+    return conf_load_file(c, file, prefix, err, errlen, true);
 }
 
 unsigned cr_conf_diff(const cr_conf_t *old, const cr_conf_t *new_, char *names,

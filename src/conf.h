@@ -126,6 +126,12 @@ void cr_conf_defaults(cr_conf_t *c, const char *prefix);
 int cr_conf_load(cr_conf_t *c, const char *file, const char *prefix, char *err,
                  size_t errlen);
 
+/* cr_conf_load, then check that the files crunchd writes (pid_file, error_log,
+ * access_log) can be created or appended to: their directory exists and is
+ * writable (stat and access only; nothing is created). What -t, start and
+ * reload use, so that such a mistake is "FILE:LINE: ..." before anything runs. */
+int cr_conf_load_run(cr_conf_t *c, const char *file, const char *prefix, char *err,
+                     size_t errlen);
 /* Same as cr_conf_load, from a string (for tests and fuzzing); `name` is used
  * as FILE in messages and relative includes resolve against the prefix. */
 int cr_conf_load_string(cr_conf_t *c, const char *text, const char *name,

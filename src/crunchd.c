@@ -102,7 +102,9 @@ int main(int argc, char **argv)
         prefix = pbuf;
     }
 
-    if (cr_conf_load(&conf, file, prefix, err, sizeof(err)) != CR_OK) {
+    /* -s only needs pid_file; the others will write files: check them too. */
+    if ((action ? cr_conf_load : cr_conf_load_run)(&conf, file, prefix, err, sizeof(err)) !=
+        CR_OK) {
         fprintf(stderr, "crunchd: [emerg] %s\n", err);
         if (test)
             fprintf(stderr, "crunchd: configuration file %s test failed\n", file);

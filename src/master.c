@@ -166,7 +166,7 @@ static const char *cr_role_name(cr_role_t role)
 
 /* Bind one listener without SO_REUSEPORT, so that a second server on the same
  * address is a start-up error instead of a silent share (DESIGN section 2). */
-static int cr_listen_open(const cr_listen_conf_t *l)
+static int cr_listen_open(const char *file, const cr_listen_conf_t *l)
 {
     int fd, one = 1;
     const struct sockaddr *sa = (const struct sockaddr *)&l->addr;
@@ -183,8 +183,9 @@ static int cr_listen_open(const cr_listen_conf_t *l)
             int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
             if (probe != -1 && connect(probe, sa, l->addrlen) == 0) {
                 close(probe);
-                cr_log(CR_LOG_EMERG, 0, "listen \"%s\": address already in use (a server "
-                       "answers on %s); stop it or change listen", l->text, l->path);
+                cr_log(CR_LOG_EMERG, 0, "%s:%d: listen \"%s\": address already in use (a "
+                       "server answers on %s); stop it or change listen", file, l->line,
+                       l->text, l->path);
                 return -1;
             }
             if (probe != -1)
@@ -210,9 +211,9 @@ static int cr_listen_open(const cr_listen_conf_t *l)
     if (bind(fd, sa, l->addrlen) == -1) {
         int err = errno;
         if (err == EADDRINUSE)
-            cr_log(CR_LOG_EMERG, 0, "listen \"%s\": address already in use; another server "
-                   "(perhaps another crunchd) listens there: stop it or change listen",
-                   l->text);
+            cr_log(CR_LOG_EMERG, 0, "%s:%d: listen \"%s\": address already in use; another "
+                   "server (perhaps another crunchd) listens there: stop it or change listen",
+                   file, l->line, l->text);
         else if (err == EACCES)
             cr_log(CR_LOG_EMERG, err, "listen \"%s\": bind() refused; ports below 1024 "
                    "need root or CAP_NET_BIND_SERVICE", l->text);
@@ -246,7 +247,7 @@ static bool cr_listen_same(const cr_listen_conf_t *a, const cr_listen_conf_t *b)
 /* The master's socket for l: an existing one (kept across reloads, never
  * closed while listed) or a new one. -1 on error (logged). TLS listeners are
  * bound by gRPC in the acceptors (DESIGN section 2): no master socket. */
-static int cr_listener_get(cr_master_t *m, const cr_listen_conf_t *l)
+static int cr_listener_get(cr_master_t *m, const char *file, const cr_listen_conf_t *l)
 {
     if (l->tls.on)
         return -1;
@@ -266,7 +267,7 @@ static int cr_listener_get(cr_master_t *m, const cr_listen_conf_t *l)
         cr_listener_t *x = &m->listeners[i];
         if (x->in_use)
             continue;
-        int fd = cr_listen_open(l);
+        int fd = cr_listen_open(file, l);
         if (fd == -1)
             return -2;
         *x = (cr_listener_t){.in_use = true, .l = *l, .fd = fd, .refs = 1};
@@ -339,7 +340,7 @@ static cr_gen_t *cr_gen_create(cr_master_t *m, cr_conf_t *conf, unsigned id)
     g->nworkers = conf->workers;
     unsigned i;
     for (i = 0; i < conf->nlisten; i++) {
-        g->lfd[i] = cr_listener_get(m, &conf->listen[i]);
+        g->lfd[i] = cr_listener_get(m, conf->file, &conf->listen[i]);
         if (g->lfd[i] == -2)
             goto err;
     }
@@ -799,7 +800,7 @@ static void cr_master_reload(cr_master_t *m)
         cr_reload_failed("out of memory");
         return;
     }
-    if (cr_conf_load(nc, cur->conf->file, cur->conf->prefix, err, sizeof(err)) != CR_OK) {
+    if (cr_conf_load_run(nc, cur->conf->file, cur->conf->prefix, err, sizeof(err)) != CR_OK) {
         free(nc);
         cr_reload_failed(err);
         return;
