@@ -44,11 +44,15 @@ struct cr_region_sh_s {
     uint32_t lock __attribute__((aligned(CR_CACHELINE)));
     uint32_t task_futex __attribute__((aligned(CR_CACHELINE)));
 
+    /* futex wake system calls made (atomic counters, for Stats and bench/) */
+    uint64_t task_wakes __attribute__((aligned(CR_CACHELINE)));
+    uint64_t result_wakes;
+
     /* guarded by lock */
     uint32_t free_head __attribute__((aligned(CR_CACHELINE)));
     uint32_t free_count;
     uint32_t task_sleepers;
-    uint32_t pad1;
+    uint32_t task_wakes_pending; /* wakes sent to sleepers not yet back */
     uint64_t task_head, task_tail;
     uint64_t seq;
     uint64_t arena_free;
@@ -89,11 +93,55 @@ static int cr_futex_wait(uint32_t *addr, uint32_t val, int timeout_ms)
     return errno == EAGAIN ? 0 : -1;
 }
 
+/* Wake one sleeper of the task queue / of acceptor a's result ring. */
+static void cr_task_wake(cr_region_t *r)
+{
+    __atomic_add_fetch(&r->sh->task_wakes, 1, __ATOMIC_RELAXED);
+    cr_futex_wake(&r->sh->task_futex, 1);
+}
+
+static void cr_acceptor_wake(cr_region_t *r, unsigned a)
+{
+    __atomic_add_fetch(&r->sh->result_wakes, 1, __ATOMIC_RELAXED);
+    cr_futex_wake(&r->acceptors[a].futex, 1);
+}
+
 static inline void cr_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+}
+
+/* Spin-then-park: before a taker sleeps on a futex it polls, outside the
+ * lock, whether *tail moved past *head, for up to CR_SPIN_NS. Under load the
+ * next task or result arrives within that time and the handover costs neither
+ * the taker's futex_wait nor the giver's futex_wake (each a system call, and a
+ * wake-up several microseconds long). After the first microsecond it yields
+ * between polls, so that on a busy machine the spinner gives the CPU to the
+ * processes that make the work (acceptors' gRPC threads) instead of taking it
+ * from them. Returns true if something arrived. */
+#define CR_SPIN_NS 30000u
+#define CR_SPIN_PAUSE_NS 1000u
+
+static bool cr_spin_for(const uint64_t *head, const uint64_t *tail)
+{
+    uint64_t t0 = 0;
+    for (unsigned i = 0;; i++) {
+        if (__atomic_load_n(tail, __ATOMIC_ACQUIRE) != __atomic_load_n(head, __ATOMIC_RELAXED))
+            return true;
+        if ((i & 15) != 15) {
+            cr_cpu_relax();
+            continue;
+        }
+        uint64_t now = cr_now_ns();
+        if (t0 == 0)
+            t0 = now;
+        else if (now - t0 >= CR_SPIN_NS)
+            return false;
+        if (now - t0 >= CR_SPIN_PAUSE_NS)
+            sched_yield();
+    }
 }
 
 /* The lock word holds the owner's pid, so that the master knows whom to blame
@@ -318,6 +366,29 @@ static void cr_task_push_locked(cr_region_t *r, uint32_t d)
     __atomic_add_fetch(&sh->task_futex, 1, __ATOMIC_RELEASE);
 }
 
+/* A task was queued: does a sleeping worker need a wake? Only if more workers
+ * sleep than wakes are on their way to them: a burst of submits while a
+ * worker is being woken makes one futex_wake, not one per task. */
+static bool cr_task_wake_needed_locked(cr_region_sh_t *sh)
+{
+    if (sh->task_sleepers <= sh->task_wakes_pending)
+        return false;
+    sh->task_wakes_pending++;
+    return true;
+}
+
+/* A sleeper is back (woken, timed out, or dead): it no longer waits for a
+ * wake. Pending wakes never exceed sleepers, so none is counted for a worker
+ * that will never come back to take it. */
+static void cr_task_sleeper_back_locked(cr_region_sh_t *sh)
+{
+    sh->task_sleepers--;
+    if (sh->task_wakes_pending > 0)
+        sh->task_wakes_pending--;
+    if (sh->task_wakes_pending > sh->task_sleepers)
+        sh->task_wakes_pending = sh->task_sleepers;
+}
+
 /* Mark d DONE and push it to its acceptor's ring. Returns true if the acceptor
  * sleeps and must be woken (after unlocking). */
 static bool cr_result_push_locked(cr_region_t *r, uint32_t d)
@@ -332,7 +403,10 @@ static bool cr_result_push_locked(cr_region_t *r, uint32_t d)
     a->tail++;
     __atomic_add_fetch(&a->futex, 1, __ATOMIC_RELEASE);
     sh->completed++;
-    return a->sleeping != 0;
+    if (!a->sleeping)
+        return false;
+    a->sleeping = 0; /* one wake is enough until it sleeps again */
+    return true;
 }
 
 /* --- rebuild ----------------------------------------------------------------- */
@@ -440,6 +514,7 @@ static void cr_region_rebuild(cr_region_t *r)
     sh->task_sleepers = 0;
     for (unsigned w = 0; w < CR_WORKER_SLOTS; w++)
         sh->task_sleepers += r->workers[w].sleeping != 0;
+    sh->task_wakes_pending = 0; /* too few is safe: at worst one wake too many */
 
     sh->rebuilds++;
     free(blocks);
@@ -716,7 +791,7 @@ unsigned cr_region_reap(cr_region_t *r, pid_t pid, cr_role_t role, unsigned slot
         if (w->pid == pid) {
             if (w->sleeping) {
                 w->sleeping = 0;
-                sh->task_sleepers--;
+                cr_task_sleeper_back_locked(sh);
             }
             w->pid = 0;
             w->state = CR_WORKER_EMPTY;
@@ -755,6 +830,8 @@ void cr_region_stats(cr_region_t *r, cr_region_stats_t *st)
     st->submitted = __atomic_load_n(&sh->submitted, __ATOMIC_RELAXED);
     st->completed = __atomic_load_n(&sh->completed, __ATOMIC_RELAXED);
     st->rejected_full = __atomic_load_n(&sh->rejected_full, __ATOMIC_RELAXED);
+    st->task_wakes = __atomic_load_n(&sh->task_wakes, __ATOMIC_RELAXED);
+    st->result_wakes = __atomic_load_n(&sh->result_wakes, __ATOMIC_RELAXED);
 }
 
 void cr_region_wake_all(cr_region_t *r)
@@ -837,10 +914,10 @@ int cr_task_submit(cr_region_t *r, const cr_submit_t *s, uint32_t *dp)
     t->enqueue_ns = cr_now_ns();
     cr_task_push_locked(r, d);
     sh->submitted++;
-    bool wake = sh->task_sleepers > 0;
+    bool wake = cr_task_wake_needed_locked(sh);
     cr_unlock(sh);
     if (wake)
-        cr_futex_wake(&sh->task_futex, 1);
+        cr_task_wake(r);
     *dp = d;
     return CR_OK;
 }
@@ -852,7 +929,7 @@ int cr_result_take(cr_region_t *r, unsigned ai, uint32_t *out, unsigned n, int t
     uint32_t me = cr_self();
     uint32_t *ring = cr_result_ring(r, ai);
     unsigned got = 0;
-    bool waited = false;
+    bool waited = false, spun = false;
 
     cr_lock(sh, me);
     for (;;) {
@@ -870,6 +947,13 @@ int cr_result_take(cr_region_t *r, unsigned ai, uint32_t *out, unsigned n, int t
         }
         if (got > 0 || timeout_ms == 0 || waited)
             break;
+        if (!spun) {
+            spun = true;
+            cr_unlock(sh);
+            cr_spin_for(&a->head, &a->tail);
+            cr_lock(sh, me);
+            continue;
+        }
         uint32_t val = __atomic_load_n(&a->futex, __ATOMIC_ACQUIRE);
         a->sleeping = 1;
         cr_unlock(sh);
@@ -886,7 +970,7 @@ int cr_result_take(cr_region_t *r, unsigned ai, uint32_t *out, unsigned n, int t
 void cr_result_wake(cr_region_t *r, unsigned a)
 {
     __atomic_add_fetch(&r->acceptors[a].futex, 1, __ATOMIC_RELEASE);
-    cr_futex_wake(&r->acceptors[a].futex, 1);
+    cr_acceptor_wake(r, a);
 }
 
 void cr_task_cancel(cr_region_t *r, uint32_t d)
@@ -985,7 +1069,7 @@ void cr_feed_requeue(cr_region_t *feed, uint32_t d)
     cr_lock(sh, cr_self());
     feed->tasks[d].acceptor_pid = 0;
     cr_task_push_locked(feed, d);
-    bool wake = sh->task_sleepers > 0;
+    bool wake = cr_task_wake_needed_locked(sh);
     cr_unlock(sh);
     if (wake)
         cr_futex_wake(&sh->task_futex, 1);
@@ -1036,7 +1120,7 @@ static bool cr_feed_fill(cr_region_t *feed, uint32_t fd, uint64_t key, const cr_
     e->worker_pid = t->worker_pid;
     cr_task_push_locked(feed, fd);
     sh->completed++;
-    bool wake = sh->task_sleepers > 0;
+    bool wake = cr_task_wake_needed_locked(sh);
     cr_unlock(sh);
     if (wake)
         cr_futex_wake(&sh->task_futex, 1);
@@ -1096,7 +1180,7 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
     cr_region_sh_t *sh = r->sh;
     cr_worker_sh_t *ws = &r->workers[w];
     uint32_t me = cr_self();
-    bool waited = false;
+    bool waited = false, spun = false;
 
     cr_lock(sh, me);
     for (;;) {
@@ -1129,6 +1213,13 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
         }
         if (timeout_ms == 0 || waited)
             break;
+        if (!spun) {
+            spun = true;
+            cr_unlock(sh);
+            cr_spin_for(&sh->task_head, &sh->task_tail);
+            cr_lock(sh, me);
+            continue;
+        }
         uint32_t val = __atomic_load_n(&sh->task_futex, __ATOMIC_ACQUIRE);
         ws->sleeping = 1;
         sh->task_sleepers++;
@@ -1136,7 +1227,7 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
         int rc = cr_futex_wait(&sh->task_futex, val, timeout_ms);
         cr_lock(sh, me);
         ws->sleeping = 0;
-        sh->task_sleepers--;
+        cr_task_sleeper_back_locked(sh);
         /* Woken: look once more. A timeout or a signal returns to the caller. */
         waited = rc != 0;
     }
@@ -1207,5 +1298,5 @@ void cr_task_finish(cr_region_t *r, unsigned w, uint32_t d, int code, const void
     unsigned acc = t->acceptor;
     cr_unlock(sh);
     if (wake)
-        cr_futex_wake(&r->acceptors[acc].futex, 1);
+        cr_acceptor_wake(r, acc);
 }

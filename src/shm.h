@@ -160,6 +160,7 @@ typedef struct {
     uint32_t tasks_total, tasks_free, queued, running, done;
     uint64_t arena_size, arena_free;
     uint64_t submitted, completed, rejected_full;
+    uint64_t task_wakes, result_wakes; /* futex wake calls for workers / acceptors */
 } cr_region_stats_t;
 
 /* --- master ---------------------------------------------------------------- */
