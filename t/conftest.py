@@ -13,6 +13,10 @@
 #   CRUNCHD_PYGEN   dir holding crunch/v1/crunch_pb2{,_grpc}.py (default
 #                   <repo>/t/gen; generated into a temp dir when missing)
 #   CRUNCHD_TEST_TIMEOUT_SCALE  multiply every timeout (sanitizer/valgrind runs)
+#   CRUNCHD_VALGRIND  "1" (or extra valgrind options): run every crunchd a
+#                   test starts under memcheck and fail the test on any error
+#                   or definite leak (`make check-valgrind`; see "Under
+#                   valgrind" below and t/README.md)
 
 import atexit
 import math
@@ -20,6 +24,7 @@ import os
 import queue
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 
 import pytest
 
@@ -37,7 +43,16 @@ BIN = os.environ.get("CRUNCHD_BIN") or os.path.join(REPO, "src", "crunchd")
 # The test handler modules (t/modules/*.so, built by make check): crash, hang,
 # exit, alloc, slowinit... (the supervision tests load crash, hang and exit).
 MODULES = os.environ.get("CRUNCHD_MODULES") or os.path.join(REPO, "t", "modules")
-SCALE = float(os.environ.get("CRUNCHD_TEST_TIMEOUT_SCALE") or "1")
+
+# CRUNCHD_VALGRIND: unset, "" or "0" = off; "1"/"yes" = on; anything else =
+# on, with those words as extra valgrind options (e.g. "--track-origins=yes").
+_VG_ENV = (os.environ.get("CRUNCHD_VALGRIND") or "").strip()
+VALGRIND = _VG_ENV not in ("", "0", "no", "false")
+VALGRIND_EXTRA = [] if _VG_ENV.lower() in ("", "0", "1", "yes", "no", "true", "false") \
+    else shlex.split(_VG_ENV)
+
+# Under valgrind everything runs 10-50 times slower: scale by 10 unless told.
+SCALE = float(os.environ.get("CRUNCHD_TEST_TIMEOUT_SCALE") or ("10" if VALGRIND else "1"))
 
 # Generous defaults: a 2-core machine doing other work must not fail a test.
 WAIT = 30.0 * SCALE        # any condition we wait for
@@ -169,13 +184,17 @@ def disarm_watchdog():
 # /proc helpers
 
 def proc_cmdline(pid):
-    """Process title as ps shows it (NULs as spaces), or None if gone."""
+    """Process title as ps shows it (NULs as spaces), or None if gone.
+    Under valgrind, the title crunchd set (see _vg_title)."""
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             raw = f.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    title = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    if VALGRIND and os.path.basename(raw.split(b"\0")[0]).startswith(b"valgrind"):
+        return _vg_title(pid, title)
+    return title
 
 
 def proc_stat(pid):
@@ -330,7 +349,8 @@ def run_crunchd(args, timeout=WAIT, cwd=None):
     """Run crunchd to completion (-t, -T, -v, -V, or a start expected to fail).
     Returns CompletedProcess with str stdout/stderr. The process runs in its
     own session; anything of it still alive after timeout is killed."""
-    p = subprocess.Popen([BIN] + list(args), stdout=subprocess.PIPE,
+    p = subprocess.Popen(daemon_argv([BIN] + list(args), _vg_run_logdir()),
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                          cwd=cwd, start_new_session=True)
     try:
@@ -354,6 +374,232 @@ def _kill_session(sid):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# --------------------------------------------------------------------------
+# Under valgrind (CRUNCHD_VALGRIND; `make check-valgrind`)
+#
+# Every crunchd a test starts (the fixture's daemons and run_crunchd) runs
+# under memcheck; its children are fork()ed, so valgrind follows them without
+# an exec (crunchd execs nothing; --trace-children=yes would follow it if it
+# did). Each process writes <dir>/valgrind.<pid>.log; after the processes are
+# gone the test fails if a log holds an error or a definite leak.
+#
+# jemalloc: crunchd links libjemalloc, whose malloc/free memcheck would not
+# replace (by default it only replaces libc's): it would see no heap block at
+# all, so no leak, no use-after-free, no overrun inside jemalloc's arenas.
+# --soname-synonyms=somalloc=*jemalloc* makes memcheck replace jemalloc's
+# malloc family with its own. (mallctl, used by -v, still reaches jemalloc.)
+#
+# What valgrind hides: /proc/PID/cmdline is valgrind's command line, since the
+# argv crunchd overwrites is valgrind's copy inside the process, not the one
+# the kernel shows. comm is still what crunchd sets with PR_SET_NAME
+# ("crunchd-worker-"), and the master logs "started worker 3 (pid N) of
+# generation 2", so proc_cmdline() rebuilds "crunchd: worker 3 gen 2" from
+# those two (_vg_title).
+
+VALGRIND_EXIT = 97   # --error-exitcode: a process with errors exits with it
+VALGRIND_SUPP = os.path.join(T_DIR, "valgrind.supp")
+VALGRIND_OPTS = [
+    "--tool=memcheck", "--trace-children=yes", "--child-silent-after-fork=no",
+    "--leak-check=full", "--show-leak-kinds=definite", "--errors-for-leak-kinds=definite",
+    "--error-exitcode=%d" % VALGRIND_EXIT, "--soname-synonyms=somalloc=*jemalloc*",
+    "--suppressions=" + VALGRIND_SUPP, "--num-callers=40",
+]
+
+_DAEMONS = weakref.WeakSet()   # every Crunchd made, for _vg_title
+_VG_PENDING = []               # run_crunchd log dirs not yet checked
+_VG_STATS = {"logs": 0, "complete": 0, "errors": 0, "definite": 0, "failed_logs": 0}
+_VG_ROLES = {"crunchd-worker-": "worker", "crunchd-accepto": "acceptor"}
+_VG_STARTED = re.compile(r"started (acceptor|worker) (\d+) \(pid (\d+)\) of generation (\d+)")
+_VG_LINE = re.compile(r"^==(?:[\d:.]+ )?\d+== ?(.*)$")
+_VG_SUMMARY = re.compile(r"ERROR SUMMARY: ([\d,]+) errors")
+_VG_DEFINITE = re.compile(r"definitely lost: ([\d,]+) bytes")
+_vg_session_dir = []
+
+
+def daemon_argv(argv, vg_dir):
+    """argv, run under memcheck writing its logs to vg_dir when CRUNCHD_VALGRIND
+    is set (argv unchanged otherwise, or when vg_dir is None)."""
+    if not VALGRIND or vg_dir is None:
+        return list(argv)
+    os.makedirs(vg_dir, exist_ok=True)
+    return (["valgrind"] + VALGRIND_OPTS
+            + ["--log-file=" + os.path.join(vg_dir, "valgrind.%p.log")]
+            + VALGRIND_EXTRA + list(argv))
+
+
+def _vg_run_logdir():
+    """A fresh log dir for one run_crunchd, checked when the test ends."""
+    if not VALGRIND:
+        return None
+    if not _vg_session_dir:
+        _vg_session_dir.append(tempfile.mkdtemp(prefix="crunchd-valgrind-"))
+    d = tempfile.mkdtemp(prefix="run-", dir=_vg_session_dir[0])
+    _VG_PENDING.append(d)
+    return d
+
+
+def _vg_title(pid, raw):
+    """The title crunchd set on pid (a process under valgrind): the master's
+    from comm; a child's from comm (its role: set by the child itself, with
+    the title) and the master's "started ROLE SLOT (pid N)" log line. Until
+    both are there, valgrind's command line (no title yet). When the owner
+    logs above info, or is unknown, the title has no slot."""
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            comm = f.read().strip()
+    except OSError:
+        return None
+    if comm == "crunchd-master":
+        return "crunchd: master"
+    role = _VG_ROLES.get(comm)
+    if role is None:
+        return raw
+    ppid = (proc_stat(pid) or {}).get("ppid")
+    for d in list(_DAEMONS):
+        title = d._vg_title_of(pid)
+        if title is not None and title.startswith("crunchd: %s " % role):
+            return title
+        if d.proc is not None and d.proc.pid == ppid and \
+                d.settings.get("log_level") in ("info", "debug"):
+            return raw   # its master logs the line in a moment
+    return "crunchd: " + role
+
+
+def parse_valgrind_log(path):
+    """(errors, definite_bytes, complete, first_error_text) of one memcheck
+    log. complete: it reached its ERROR SUMMARY (a process SIGKILLed, as
+    tests do on purpose, never does; its errors are then counted one by one:
+    a message followed by a stack, other than a fatal signal's)."""
+    with open(path, errors="replace") as f:
+        lines = [m.group(1) if m else l
+                 for l, m in ((l.rstrip("\n"), _VG_LINE.match(l)) for l in f)]
+    errors = definite = 0
+    complete = False
+    blocks = []
+    for i, body in enumerate(lines):
+        m = _VG_SUMMARY.search(body)
+        if m:
+            complete = True
+            errors = int(m.group(1).replace(",", ""))
+        m = _VG_DEFINITE.search(body)
+        if m:
+            definite = int(m.group(1).replace(",", ""))
+        if body and not body[0].isspace() and i + 1 < len(lines) and \
+                re.match(r"\s+(at|by) 0x", lines[i + 1]) and \
+                not body.startswith(("Process terminating", "Warning:")):
+            end = i + 1
+            while end < len(lines) and lines[end].strip():
+                end += 1
+            blocks.append("\n".join(lines[i:min(end, i + 25)]))
+    if not complete:
+        errors = len(blocks)
+    # valgrind itself gave up (e.g. "FATAL: can't open suppressions file"):
+    # nothing was checked, which must not pass for clean.
+    fatal = [b for b in lines if b.startswith(("FATAL", "valgrind: "))]
+    if fatal:
+        errors += len(fatal)
+        blocks.insert(0, "\n".join(fatal))
+    first = next((b for b in blocks if "definitely lost in loss record" not in b),
+                 blocks[0] if blocks else "")
+    return errors, definite, complete, first
+
+
+def valgrind_problems(vg_dir):
+    """Problems (one string per bad log) in the memcheck logs of vg_dir."""
+    problems = []
+    try:
+        names = sorted(n for n in os.listdir(vg_dir) if n.startswith("valgrind."))
+    except OSError:
+        return problems
+    for n in names:
+        path = os.path.join(vg_dir, n)
+        errors, definite, complete, first = parse_valgrind_log(path)
+        _VG_STATS["logs"] += 1
+        _VG_STATS["complete"] += complete
+        _VG_STATS["errors"] += errors
+        _VG_STATS["definite"] += definite
+        if errors or definite:
+            _VG_STATS["failed_logs"] += 1
+            problems.append("valgrind: %d error(s), %d bytes definitely lost: %s\n%s"
+                            % (errors, definite, path, first))
+    return problems
+
+
+@pytest.fixture(autouse=True)
+def _valgrind_runs():
+    """Under valgrind, fail a test whose run_crunchd processes had errors."""
+    yield
+    if not VALGRIND:
+        return
+    dirs = _VG_PENDING[:]
+    del _VG_PENDING[:]
+    problems = []
+    for d in dirs:
+        problems.extend(valgrind_problems(d))
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+# Tests that cannot run under valgrind, with the reason: `make check-valgrind`
+# deselects them (-m "not novalgrind"; conftest also does whenever
+# CRUNCHD_VALGRIND is set). Such a test is reported as deselected, never as
+# passed. New tests mark themselves: @pytest.mark.novalgrind(reason="...").
+NOVALGRIND = {
+    "test_stream.py::test_client_that_does_not_read_is_bounded":
+        "measures the acceptor's RSS, which valgrind's shadow memory dwarfs",
+    "test_modules.py::test_slow_init_delays_only_its_own_worker":
+        "bounds calls by an unscaled 3 s while a worker sleeps 4 s in init",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "novalgrind(reason): cannot run under valgrind (make check-valgrind "
+        "deselects it); say why")
+    if VALGRIND:
+        if shutil.which("valgrind") is None:
+            raise pytest.UsageError("CRUNCHD_VALGRIND is set but valgrind is not "
+                                    "installed: apt-get install valgrind")
+        try:
+            with open(BIN, "rb") as f:
+                asan = b"__asan_init" in f.read()
+        except OSError:
+            asan = False
+        if asan:
+            raise pytest.UsageError("CRUNCHD_VALGRIND: %s is a sanitizer build, which "
+                                    "valgrind cannot run; use a build configured "
+                                    "without --enable-sanitizers" % BIN)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for key, reason in NOVALGRIND.items():
+            if item.nodeid.split("/")[-1].split("[")[0] == key:
+                item.add_marker(pytest.mark.novalgrind(reason=reason))
+    if not VALGRIND:
+        return
+    keep = [i for i in items if i.get_closest_marker("novalgrind") is None]
+    gone = [i for i in items if i.get_closest_marker("novalgrind") is not None]
+    if gone:
+        config.hook.pytest_deselected(items=gone)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter):
+    if VALGRIND:
+        s = _VG_STATS
+        terminalreporter.write_line(
+            "valgrind: %d process logs checked (%d ran to their leak check, %d were "
+            "killed first); %d errors, %d bytes definitely lost, in %d logs"
+            % (s["logs"], s["complete"], s["logs"] - s["complete"], s["errors"],
+               s["definite"], s["failed_logs"]))
+        for item in terminalreporter.stats.get("deselected", []):
+            m = item.get_closest_marker("novalgrind")
+            if m is not None:
+                terminalreporter.write_line("valgrind: deselected %s: %s"
+                                            % (item.nodeid, m.kwargs.get("reason")))
 
 
 # --------------------------------------------------------------------------
@@ -408,6 +654,10 @@ class Crunchd:
         self.check_log = True
         self._channels = []
         self._stubs = {}
+        self.vg_dir = os.path.join(self.base, "valgrind") if VALGRIND else None
+        self._vg_titles = {}     # pid -> title, from the master's log (valgrind)
+        self._vg_log_pos = 0
+        _DAEMONS.add(self)
 
     # -- configuration ----------------------------------------------------
     def listen(self):
@@ -475,7 +725,8 @@ class Crunchd:
             err = open(self.stderr_path, "ab")
             try:
                 self.proc = subprocess.Popen(
-                    [self.bin, "-c", self.conf_path, "-p", self.prefix],
+                    daemon_argv([self.bin, "-c", self.conf_path, "-p", self.prefix],
+                                self.vg_dir),
                     stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                     cwd=self.rundir, start_new_session=True)
             finally:
@@ -611,6 +862,8 @@ class Crunchd:
         self.proc.wait(WAIT)
         if self.check_log:
             problems.extend(self.log_problems())
+        if self.vg_dir:
+            problems.extend(valgrind_problems(self.vg_dir))
         return problems
 
     # -- processes -------------------------------------------------------------
@@ -642,6 +895,28 @@ class Crunchd:
 
     def all_pids(self):
         return [self.proc.pid] + sorted(self.children())
+
+    def _vg_title_of(self, pid):
+        """Under valgrind: "crunchd: ROLE SLOT gen G" of pid from the master's
+        "started" log lines (read incrementally), or None."""
+        if pid not in self._vg_titles:
+            path = self.log_path or self.stderr_path
+            if getattr(self, "_vg_log_file", None) != path:
+                self._vg_log_file, self._vg_log_pos = path, 0
+            try:
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_size < self._vg_log_pos:
+                        self._vg_log_pos = 0   # rotated or truncated
+                    f.seek(self._vg_log_pos)
+                    data = f.read()
+            except OSError:
+                data = b""
+            end = data.rfind(b"\n") + 1
+            self._vg_log_pos += end
+            for m in _VG_STARTED.finditer(data[:end].decode(errors="replace")):
+                self._vg_titles[int(m.group(3))] = "crunchd: %s %s gen %s" % (
+                    m.group(1), m.group(2), m.group(4))
+        return self._vg_titles.get(pid)
 
     # -- logs ---------------------------------------------------------------------
     @staticmethod
