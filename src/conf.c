@@ -2376,6 +2376,13 @@ static int conf_load_text(conf_ctx_t *cx, const char *text)
 
     if (conf_scan(cx, text, NULL, 0) != CR_OK)
         goto done;
+    /* An open string or comment is the error whatever libconfig says, and
+     * libconfig 1.5 leaks the buffer of a string still open at the end of
+     * the text (found by t/fuzz/fuzz-conf): do not call it then. */
+    if (cx->open_what != NULL) {
+        conf_error_open(cx);
+        goto done;
+    }
 
     if (config_read_string(&cfg, text) != CONFIG_TRUE) {
         const char *what = config_error_text(&cfg), *hint = "";
