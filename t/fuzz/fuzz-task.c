@@ -15,7 +15,7 @@
  * it (handlers.c is included to reach its static parsers).
  *
  * Invariants (abort on violation):
- *   - a decoded Task packs back to bytes that decode to the same Task;
+ *   - a decoded Task's fields pack to bytes that decode to the same fields;
  *   - cr_task_check answers OK, NOT_FOUND, INVALID_ARGUMENT or
  *     DEADLINE_EXCEEDED; an error has a one-line printable message; OK gives
  *     the handler of that name and a deadline within both bounds;
@@ -113,12 +113,23 @@ static void check_line(const char *what, const uint8_t *s, size_t n)
                    s[i], i, (int)n, (const char *)s);
 }
 
-static void check_roundtrip(const Crunch__V1__Task *t)
+/* The fields crunchd reads survive encoding (Results echo id; a client may
+ * resend a Task). Only those: protobuf-c keeps unknown fields as read, even
+ * an invalid field number 0 ("\x80\x00"), and then refuses to decode its own
+ * encoding of them (t/fuzz/regress/task/protobuf-c-field-0); crunchd never
+ * re-encodes a Task it received. */
+static void check_roundtrip(const Crunch__V1__Task *orig)
 {
-    size_t n = protobuf_c_message_get_packed_size(&t->base);
-    uint8_t *buf = malloc(n + 1);
-    Crunch__V1__Task *u;
+    Crunch__V1__Task copy = CRUNCH__V1__TASK__INIT, *t = &copy, *u;
+    size_t n;
+    uint8_t *buf;
 
+    copy.id = orig->id;
+    copy.handler = orig->handler;
+    copy.payload = orig->payload;
+    copy.timeout_ms = orig->timeout_ms;
+    n = protobuf_c_message_get_packed_size(&t->base);
+    buf = malloc(n + 1);
     FUZZ_CHECK(buf != NULL, "malloc");
     FUZZ_CHECK(protobuf_c_message_pack(&t->base, buf) == n, "packed size");
     u = crunch__v1__task__unpack(NULL, n, buf);
