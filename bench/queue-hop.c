@@ -48,17 +48,19 @@ static size_t qh_nhops;
 static void qh_worker(unsigned w)
 {
     uint32_t d;
+    bool have = false;
     cr_worker_attach(qh_region, w, w);
-    while (!__atomic_load_n(qh_stop, __ATOMIC_ACQUIRE)) {
-        if (cr_task_take(qh_region, w, &d, 100) != CR_OK)
+    while (have || !__atomic_load_n(qh_stop, __ATOMIC_ACQUIRE)) {
+        /* src/worker.c's loop: the next task comes with the previous result */
+        if (!have && cr_task_take(qh_region, w, &d, 100) != CR_OK)
             continue;
         if (qh_work_ns) {
             uint64_t end = cr_now_ns() + qh_work_ns;
             while (cr_now_ns() < end) {
             }
         }
-        cr_task_finish(qh_region, w, d, 0, cr_task_payload(qh_region, d),
-                       cr_task(qh_region, d)->payload_len);
+        have = cr_task_finish_next(qh_region, w, d, 0, cr_task_payload(qh_region, d),
+                                   cr_task(qh_region, d)->payload_len, &d) == CR_OK;
     }
     _exit(0);
 }

@@ -1175,6 +1175,39 @@ void cr_worker_attach(cr_region_t *r, unsigned w, unsigned number)
     cr_unlock(sh);
 }
 
+/* Take the oldest queued task for worker slot ws, if any (lock held). */
+static bool cr_task_take_locked(cr_region_t *r, cr_worker_sh_t *ws, uint32_t me, uint32_t *dp)
+{
+    cr_region_sh_t *sh = r->sh;
+    while (sh->task_head != sh->task_tail) {
+        uint32_t d = r->task_ring[sh->task_head & r->ring_mask];
+        cr_task_sh_t *t = &r->tasks[d];
+        if (__atomic_load_n(&t->flags, __ATOMIC_ACQUIRE) & CR_TASK_CANCELLED) {
+            sh->task_head++;
+            cr_desc_free_locked(r, d);
+            continue;
+        }
+        ws->start_ns = cr_now_ns();
+        if (r->is_feed) {
+            /* A feed entry keeps the worker, pid and times of the task it
+             * reports; its subscriber is recorded as its acceptor. */
+            t->acceptor_pid = (int32_t)me;
+        } else {
+            t->worker_pid = (int32_t)me;
+            t->worker = (uint16_t)ws->number;
+            t->start_ns = ws->start_ns;
+        }
+        ws->task = d;
+        ws->state = CR_WORKER_BUSY;
+        __atomic_store_n(&t->state, CR_TASK_RUNNING, __ATOMIC_RELEASE);
+        CR_TEST_POINT(9);
+        sh->task_head++; /* commit */
+        *dp = d;
+        return true;
+    }
+    return false;
+}
+
 int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
 {
     cr_region_sh_t *sh = r->sh;
@@ -1184,31 +1217,8 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
 
     cr_lock(sh, me);
     for (;;) {
-        while (sh->task_head != sh->task_tail) {
-            uint32_t d = r->task_ring[sh->task_head & r->ring_mask];
-            cr_task_sh_t *t = &r->tasks[d];
-            if (__atomic_load_n(&t->flags, __ATOMIC_ACQUIRE) & CR_TASK_CANCELLED) {
-                sh->task_head++;
-                cr_desc_free_locked(r, d);
-                continue;
-            }
-            ws->start_ns = cr_now_ns();
-            if (r->is_feed) {
-                /* A feed entry keeps the worker, pid and times of the task it
-                 * reports; its subscriber is recorded as its acceptor. */
-                t->acceptor_pid = (int32_t)me;
-            } else {
-                t->worker_pid = (int32_t)me;
-                t->worker = (uint16_t)ws->number;
-                t->start_ns = ws->start_ns;
-            }
-            ws->task = d;
-            ws->state = CR_WORKER_BUSY;
-            __atomic_store_n(&t->state, CR_TASK_RUNNING, __ATOMIC_RELEASE);
-            CR_TEST_POINT(9);
-            sh->task_head++; /* commit */
+        if (cr_task_take_locked(r, ws, me, dp)) {
             cr_unlock(sh);
-            *dp = d;
             return CR_OK;
         }
         if (timeout_ms == 0 || waited)
@@ -1238,6 +1248,12 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
 void cr_task_finish(cr_region_t *r, unsigned w, uint32_t d, int code, const void *out,
                     size_t len)
 {
+    cr_task_finish_next(r, w, d, code, out, len, NULL);
+}
+
+int cr_task_finish_next(cr_region_t *r, unsigned w, uint32_t d, int code, const void *out,
+                        size_t len, uint32_t *next)
+{
     cr_region_sh_t *sh = r->sh;
     cr_task_sh_t *t = &r->tasks[d];
     cr_worker_sh_t *ws = &r->workers[w];
@@ -1258,8 +1274,9 @@ void cr_task_finish(cr_region_t *r, unsigned w, uint32_t d, int code, const void
         ws->tasks_done++;
         sh->completed++;
         cr_desc_free_locked(r, d);
+        bool took = next && cr_task_take_locked(r, ws, me, next);
         cr_unlock(sh);
-        return;
+        return took ? CR_OK : CR_TIMEDOUT;
     }
 
     cr_lock(sh, me);
@@ -1296,7 +1313,9 @@ void cr_task_finish(cr_region_t *r, unsigned w, uint32_t d, int code, const void
     else
         wake = cr_result_push_locked(r, d);
     unsigned acc = t->acceptor;
+    bool took = next && cr_task_take_locked(r, ws, me, next);
     cr_unlock(sh);
     if (wake)
         cr_acceptor_wake(r, acc);
+    return took ? CR_OK : CR_TIMEDOUT;
 }

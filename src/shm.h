@@ -289,6 +289,12 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *d, int timeout_ms);
 void cr_task_finish(cr_region_t *r, unsigned w, uint32_t d, int code,
                     const void *out, size_t len);
 
+/* cr_task_finish, then, in the same lock hold, take the next queued task if
+ * there is one (never waits): CR_OK with *next set, else CR_TIMEDOUT and the
+ * worker goes back to cr_task_take. next may be NULL (= cr_task_finish). */
+int cr_task_finish_next(cr_region_t *r, unsigned w, uint32_t d, int code,
+                        const void *out, size_t len, uint32_t *next);
+
 /* --- access ---------------------------------------------------------------- */
 
 static inline cr_task_sh_t *cr_task(cr_region_t *r, uint32_t d)

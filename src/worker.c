@@ -49,8 +49,11 @@ static void cr_worker_signals(void)
     sigprocmask(SIG_SETMASK, &set, NULL);
 }
 
-/* Run task d: check its deadline and handler, run it, hand back the result. */
-static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
+/* Run task d: check its deadline and handler, run it, hand back the result.
+ * If want_next, the next queued task is taken in the same step: returns true
+ * with *next set. */
+static bool cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d,
+                          bool want_next, uint32_t *next)
 {
     cr_region_t *r = ctx->region;
     cr_task_sh_t *t = cr_task(r, d);
@@ -64,8 +67,8 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
         cr_log_debug("task %" PRIu64 " (handler %s) expired after %" PRIu64
                      " ms in the queue; not run", t->id, hname, queued_us / 1000u);
         cr_ctl_task_end(ctx->row, handler, CR_STATUS_DEADLINE_EXCEEDED, queued_us, 0);
-        cr_task_finish(r, (unsigned)ctx->row, d, CR_STATUS_DEADLINE_EXCEEDED, NULL, 0);
-        return;
+        return cr_task_finish_next(r, (unsigned)ctx->row, d, CR_STATUS_DEADLINE_EXCEEDED,
+                                   NULL, 0, want_next ? next : NULL) == CR_OK;
     }
     cr_ctl_task_start(ctx->row, t->id, handler);
     cr_buf_reset(out);
@@ -82,11 +85,13 @@ static void cr_worker_run(const cr_worker_ctx_t *ctx, cr_buf_t *out, uint32_t d)
     uint64_t run_us = (cr_now_ns() - t->start_ns) / 1000u;
     /* Figures first: a client that has its result sees them in Stats. */
     cr_ctl_task_end(ctx->row, handler, code, queued_us, run_us);
-    cr_task_finish(r, (unsigned)ctx->row, d, code, out->data, out->len);
+    bool took = cr_task_finish_next(r, (unsigned)ctx->row, d, code, out->data, out->len,
+                                    want_next ? next : NULL) == CR_OK;
 
     /* A huge output leaves a huge buffer: give it back so an idle worker stays small. */
     if (out->cap > (1u << 20))
         cr_buf_free(out);
+    return took;
 }
 
 void cr_worker_main(const cr_worker_ctx_t *ctx)
@@ -109,17 +114,22 @@ void cr_worker_main(const cr_worker_ctx_t *ctx)
     __atomic_store_n(&cr_ctl->procs[ctx->row].state, CR_PROC_IDLE, __ATOMIC_RELEASE);
     cr_log(CR_LOG_INFO, 0, "worker %u of generation %u started", ctx->slot, ctx->generation);
 
-    while (!cr_worker_quit) {
+    uint32_t d;
+    bool have = false; /* d was taken with the previous result (one lock, no wait) */
+    while (have || !cr_worker_quit) {
         if (cr_worker_reopen) {
             cr_worker_reopen = 0;
             cr_log_reopen();
         }
         /* log_level follows reloads through the control page */
         cr_log_level = __atomic_load_n(&cr_ctl->log_level, __ATOMIC_RELAXED);
-        uint32_t d;
-        if (cr_task_take(r, (unsigned)ctx->row, &d, 1000) != CR_OK)
+        if (!have && cr_task_take(r, (unsigned)ctx->row, &d, 1000) != CR_OK)
             continue;
-        cr_worker_run(ctx, &out, d);
+        /* Take the next task with this result unless this is the last one:
+         * recycling (worker_max_tasks) or SIGQUIT. A task in hand is always
+         * run before the loop looks at the quit flag. */
+        bool last = max && done + 1 >= max;
+        have = cr_worker_run(ctx, &out, d, !last && !cr_worker_quit, &d);
         if (max && ++done >= max) {
             /* Recycling: exit between tasks; the master forks a fresh one. */
             cr_log(CR_LOG_INFO, 0, "worker %u of generation %u exiting after %" PRIu64
