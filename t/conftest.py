@@ -17,6 +17,9 @@
 #                   test starts under memcheck and fail the test on any error
 #                   or definite leak (`make check-valgrind`; see "Under
 #                   valgrind" below and t/README.md)
+#   CRUNCHD_VALGRIND_LOGS  dir for the memcheck logs (default: beside each
+#                   test's daemon, in pytest's tmp_path, of which pytest keeps
+#                   only the last 3 sessions)
 
 import atexit
 import math
@@ -416,6 +419,16 @@ _VG_LINE = re.compile(r"^==(?:[\d:.]+ )?\d+== ?(.*)$")
 _VG_SUMMARY = re.compile(r"ERROR SUMMARY: ([\d,]+) errors")
 _VG_DEFINITE = re.compile(r"definitely lost: ([\d,]+) bytes")
 _vg_session_dir = []
+VALGRIND_LOGS = os.environ.get("CRUNCHD_VALGRIND_LOGS") or None
+
+
+def _vg_daemon_logdir(base):
+    """Where the memcheck logs of the daemon in base (tmp_path/dN) go."""
+    if not VALGRIND_LOGS:
+        return os.path.join(base, "valgrind")
+    os.makedirs(VALGRIND_LOGS, exist_ok=True)
+    name = "%s-%s-" % (os.path.basename(os.path.dirname(base)), os.path.basename(base))
+    return tempfile.mkdtemp(prefix=name, dir=VALGRIND_LOGS)
 
 
 def daemon_argv(argv, vg_dir):
@@ -434,7 +447,9 @@ def _vg_run_logdir():
     if not VALGRIND:
         return None
     if not _vg_session_dir:
-        _vg_session_dir.append(tempfile.mkdtemp(prefix="crunchd-valgrind-"))
+        if VALGRIND_LOGS:
+            os.makedirs(VALGRIND_LOGS, exist_ok=True)
+        _vg_session_dir.append(tempfile.mkdtemp(prefix="crunchd-valgrind-", dir=VALGRIND_LOGS))
     d = tempfile.mkdtemp(prefix="run-", dir=_vg_session_dir[0])
     _VG_PENDING.append(d)
     return d
@@ -654,7 +669,7 @@ class Crunchd:
         self.check_log = True
         self._channels = []
         self._stubs = {}
-        self.vg_dir = os.path.join(self.base, "valgrind") if VALGRIND else None
+        self.vg_dir = _vg_daemon_logdir(self.base) if VALGRIND else None
         self._vg_titles = {}     # pid -> title, from the master's log (valgrind)
         self._vg_log_pos = 0
         _DAEMONS.add(self)
