@@ -50,7 +50,10 @@ struct cr_region_sh_s {
 
     /* guarded by lock */
     uint32_t free_head __attribute__((aligned(CR_CACHELINE)));
-    uint32_t free_count;
+    uint32_t free_count; /* free descriptors: on the free list, and fresh ones */
+    uint32_t fresh;      /* descriptors [fresh, ntasks) were never used: their
+                          * memory is untouched (zero: FREE) and on no list, so
+                          * a big queue or feed costs no RSS until it fills */
     uint32_t task_sleepers;
     uint32_t task_wakes_pending; /* wakes sent to sleepers not yet back */
     uint64_t task_head, task_tail;
@@ -353,6 +356,30 @@ static void cr_desc_free_locked(cr_region_t *r, uint32_t d)
     sh->free_count++;
 }
 
+static bool cr_desc_available(cr_region_t *r)
+{
+    return r->sh->free_head != CR_NONE || r->sh->fresh < r->ntasks;
+}
+
+/* Take a free descriptor (cr_desc_available said there is one): the free
+ * list first, then a fresh one. Its state stays FREE: the caller commits. */
+static uint32_t cr_desc_alloc_locked(cr_region_t *r)
+{
+    cr_region_sh_t *sh = r->sh;
+    uint32_t d = sh->free_head;
+    if (d != CR_NONE) {
+        sh->free_head = r->tasks[d].next;
+    } else {
+        d = sh->fresh;
+        r->tasks[d].payload_off = CR_NONE64;
+        r->tasks[d].result_off = CR_NONE64;
+        sh->fresh = d + 1; /* dying before this leaves d fresh, which it still is */
+    }
+    CR_TEST_POINT(8);
+    sh->free_count--;
+    return d;
+}
+
 static void cr_task_push_locked(cr_region_t *r, uint32_t d)
 {
     cr_region_sh_t *sh = r->sh;
@@ -443,6 +470,9 @@ static void cr_region_rebuild(cr_region_t *r)
 
     /* arena: everything not referenced by a live descriptor is free */
     size_t nb = 0;
+    if (sh->fresh > n)
+        sh->fresh = n;
+    n = sh->fresh; /* the fresh ones are FREE and untouched: never read them */
     for (uint32_t d = 0; d < n; d++) {
         cr_task_sh_t *t = &r->tasks[d];
         if (t->state == CR_TASK_FREE)
@@ -474,9 +504,9 @@ static void cr_region_rebuild(cr_region_t *r)
     }
     cr_arena_carve(r, at, sh->arena_size);
 
-    /* descriptors: free list in index order */
+    /* descriptors: free list in index order, then the fresh ones */
     sh->free_head = CR_NONE;
-    sh->free_count = 0;
+    sh->free_count = r->ntasks - n;
     for (uint32_t d = n; d-- > 0;) {
         cr_task_sh_t *t = &r->tasks[d];
         if (t->state == CR_TASK_FREE) {
@@ -603,10 +633,7 @@ cr_region_t *cr_region_create(const cr_region_conf_t *rc)
     sh->arena_off = arena_off;
     cr_region_bind(r, base);
     r->fd = fd;
-    for (uint32_t d = 0; d < ntasks; d++) {
-        r->tasks[d].payload_off = CR_NONE64;
-        r->tasks[d].result_off = CR_NONE64;
-    }
+    sh->fresh = 0; /* descriptors are set up when first used */
     for (unsigned w = 0; w < CR_WORKER_SLOTS; w++)
         r->workers[w].task = CR_NONE;
     cr_region_rebuild(r);
@@ -742,7 +769,7 @@ unsigned cr_region_reap(cr_region_t *r, pid_t pid, cr_role_t role, unsigned slot
 
     cr_master_lock(r, pid);
 
-    for (uint32_t d = 0; d < r->ntasks; d++) {
+    for (uint32_t d = 0; d < sh->fresh; d++) {
         cr_task_sh_t *t = &r->tasks[d];
         uint32_t st = t->state;
         if (st == CR_TASK_FREE)
@@ -815,7 +842,11 @@ void cr_region_stats(cr_region_t *r, cr_region_stats_t *st)
     memset(st, 0, sizeof(*st));
     st->generation = sh->generation;
     st->tasks_total = r->ntasks;
-    for (uint32_t d = 0; d < r->ntasks; d++) {
+    uint32_t used = __atomic_load_n(&sh->fresh, __ATOMIC_RELAXED);
+    if (used > r->ntasks)
+        used = r->ntasks;
+    st->tasks_free = r->ntasks - used; /* never used yet */
+    for (uint32_t d = 0; d < used; d++) {
         switch (__atomic_load_n(&r->tasks[d].state, __ATOMIC_RELAXED)) {
         case CR_TASK_FREE: st->tasks_free++; break;
         case CR_TASK_QUEUED: st->queued++; break;
@@ -854,7 +885,7 @@ int cr_task_submit(cr_region_t *r, const cr_submit_t *s, uint32_t *dp)
     uint8_t order = 0;
 
     cr_lock(sh, me);
-    if (sh->free_head == CR_NONE) {
+    if (!cr_desc_available(r)) {
         sh->rejected_full++;
         cr_unlock(sh);
         return CR_AGAIN;
@@ -867,11 +898,8 @@ int cr_task_submit(cr_region_t *r, const cr_submit_t *s, uint32_t *dp)
             return CR_AGAIN;
         }
     }
-    uint32_t d = sh->free_head;
+    uint32_t d = cr_desc_alloc_locked(r);
     cr_task_sh_t *t = &r->tasks[d];
-    sh->free_head = t->next;
-    CR_TEST_POINT(8);
-    sh->free_count--;
     t->flags = 0;
     t->next = CR_NONE;
     t->handler = s->handler;
@@ -1027,15 +1055,13 @@ int cr_feed_reserve(cr_region_t *feed, uint32_t *fdp)
     cr_region_sh_t *sh = feed->sh;
     uint32_t me = cr_self();
     cr_lock(sh, me);
-    uint32_t fd = sh->free_head;
-    if (fd == CR_NONE) {
+    if (!cr_desc_available(feed)) {
         sh->rejected_full++;
         cr_unlock(sh);
         return CR_AGAIN;
     }
+    uint32_t fd = cr_desc_alloc_locked(feed);
     cr_task_sh_t *e = &feed->tasks[fd];
-    sh->free_head = e->next;
-    sh->free_count--;
     e->flags = 0;
     e->next = CR_NONE;
     e->tag = 0; /* stamped by cr_task_submit */
@@ -1139,7 +1165,7 @@ void cr_feed_reap(cr_region_t *feed, pid_t pid, int row, cr_region_t *const *reg
      * was still filling is gone already. */
     cr_region_sh_t *sh = feed->sh;
     cr_master_lock(feed, pid);
-    for (uint32_t fd = 0; fd < feed->ntasks; fd++) {
+    for (uint32_t fd = 0; fd < sh->fresh; fd++) {
         cr_task_sh_t *e = &feed->tasks[fd];
         if (e->state != CR_TASK_FILLING || e->acceptor_pid != pid)
             continue;

@@ -156,7 +156,10 @@ static void check_region(cr_region_t *r, const char *which)
         FUZZ_CHECK(d < r->ntasks && r->tasks[d].state == CR_TASK_FREE && ++walk <= r->ntasks,
                    "%s: descriptor free list broken at %u", which, d);
     }
-    FUZZ_CHECK(walk == nfree, "%s: free list %u, table %u", which, walk, nfree);
+    /* descriptors never used yet ([fresh, ntasks)) are free but on no list */
+    FUZZ_CHECK(sh->fresh <= r->ntasks && walk + (r->ntasks - sh->fresh) == nfree,
+               "%s: free list %u + %u fresh, table %u", which, walk, r->ntasks - sh->fresh,
+               nfree);
     for (unsigned o = sh->min_order; o <= sh->max_order; o++) {
         for (uint64_t off = sh->free_heads[o]; off != CR_NONE64; off = cr_fb(r, off)->next) {
             FUZZ_CHECK(cr_block_valid(r, off, o) &&

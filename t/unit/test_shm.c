@@ -75,8 +75,9 @@ static const char *check(cr_region_t *r)
             goto fail;
         }
     }
-    if (walk != nfree) {
-        snprintf(why, sizeof(why), "free list has %u, table %u", walk, nfree);
+    if (sh->fresh > r->ntasks || walk + (r->ntasks - sh->fresh) != nfree) {
+        snprintf(why, sizeof(why), "free list has %u + %u fresh, table %u", walk,
+                 r->ntasks - sh->fresh, nfree);
         goto fail;
     }
     uint64_t fsum = 0;
