@@ -838,6 +838,8 @@ class Crunchd:
             self.children()
             try:
                 os.kill(self.proc.pid, signal.SIGTERM)
+                if VALGRIND:
+                    self._vg_hold_master()
                 self.proc.wait(WAIT)
             except subprocess.TimeoutExpired:
                 problems.append("crunchd (pid %d) did not exit within %.0fs of SIGTERM"
@@ -880,6 +882,42 @@ class Crunchd:
         if self.vg_dir:
             problems.extend(valgrind_problems(self.vg_dir))
         return problems
+
+    def _vg_hold_master(self):
+        """Under valgrind, at teardown: the master SIGKILLs the children still
+        alive 1.5 s after its SIGTERM (CR_STOP_GRACE_MS), and a child under
+        valgrind often needs longer to exit and run its leak check. So once
+        every child has taken its SIGTERM, stop the master (SIGSTOP) until
+        the children are gone, then let it go on (SIGCONT) and reap them."""
+        kids = list(self.children())
+
+        def vg_log(p):
+            try:
+                with open(os.path.join(self.vg_dir, "valgrind.%d.log" % p), errors="replace") as f:
+                    return f.read()
+            except OSError:
+                return ""
+
+        def termed(p):
+            # a worker _exit()s at once (memcheck starts its HEAP SUMMARY);
+            # an acceptor says so in the log, then shuts gRPC down
+            return (not alive(p) or "HEAP SUMMARY" in vg_log(p)
+                    or re.search(r"\b%d#\d+: acceptor \d+: SIGTERM received" % p,
+                                 self.log_text()) is not None)
+        try:
+            wait_for(lambda: all(termed(p) for p in kids), 3 * SCALE, 0.02,
+                     "children to take their SIGTERM")
+        except WaitTimeout:
+            return
+        if self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not any(alive(p) for p in kids), WAIT, what="children to exit")
+        except WaitTimeout:
+            pass
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     # -- processes -------------------------------------------------------------
     def children(self):
