@@ -18,7 +18,8 @@
  * `make`, never run by `make check`); bench/run calls it. One JSON line on
  * stdout with --json.
  *
- * Usage: bench/queue-hop [-w WORKERS] [-k IN_FLIGHT] [-d SECONDS] [-s BYTES] [-r NS] [--json] */
+ * Usage: bench/queue-hop [-w WORKERS] [-k IN_FLIGHT] [-d SECONDS] [-s BYTES] [-r NS] [-S US]
+ *                        [--json] */
 #define _GNU_SOURCE
 #include "cr_core.h"
 #include "shm.h"
@@ -125,12 +126,13 @@ static int qh_cmp(const void *a, const void *b)
 
 static void qh_usage(FILE *f)
 {
-    fprintf(f, "usage: queue-hop [-w WORKERS] [-k IN_FLIGHT] [-d SECONDS] [-s BYTES] [-r NS] [--json]\n"
+    fprintf(f, "usage: queue-hop [-w WORKERS] [-k IN_FLIGHT] [-d SECONDS] [-s BYTES] [-r NS] [-S US] [--json]\n"
                "  -w  worker processes (default 2)\n"
                "  -k  tasks in flight (default 64)\n"
                "  -d  measured seconds after a 0.5 s warm-up (default 3)\n"
                "  -s  payload bytes, echoed back (default 16)\n"
-               "  -r  nanoseconds of work per task in the worker (default 0)\n");
+               "  -r  nanoseconds of work per task in the worker (default 0)\n"
+               "  -S  queue_spin_us: polling before sleeping (default 50, as crunchd)\n");
 }
 
 int main(int argc, char **argv)
@@ -145,13 +147,14 @@ int main(int argc, char **argv)
 
     qh_inflight_max = 64;
     qh_payload_len = 16;
-    while ((c = getopt_long(argc, argv, "w:k:d:s:r:h", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "w:k:d:s:r:S:h", lo, NULL)) != -1) {
         switch (c) {
         case 'w': workers = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'k': qh_inflight_max = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'd': seconds = strtod(optarg, NULL); break;
         case 's': qh_payload_len = strtoul(optarg, NULL, 10); break;
         case 'r': qh_work_ns = strtoull(optarg, NULL, 10); break;
+        case 'S': cr_shm_set_spin((unsigned)strtoul(optarg, NULL, 10)); break;
         case 'j': json = true; break;
         case 'h': qh_usage(stdout); return 0;
         default: qh_usage(stderr); return 2;

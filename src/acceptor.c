@@ -433,6 +433,7 @@ void cr_acceptor_main(const cr_acceptor_ctx_t *ctx)
         cr_log(CR_LOG_EMERG, err, "pthread_create() of the signal thread failed");
         _exit(1);
     }
+    cr_shm_set_spin(ctx->conf->queue_spin_us); /* the result and updates threads */
     if (cr_rpc_init(ctx) != CR_OK)
         _exit(2);
     err = pthread_create(&acc.accept_tid, NULL, acc_accept_main, NULL);

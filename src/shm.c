@@ -117,19 +117,28 @@ static inline void cr_cpu_relax(void)
 }
 
 /* Spin-then-park: before a taker sleeps on a futex it polls, outside the
- * lock, whether *tail moved past *head, for up to CR_SPIN_NS. Under load the
+ * lock, whether *tail moved past *head, for a while. Under load the
  * next task or result arrives within that time and the handover costs neither
  * the taker's futex_wait nor the giver's futex_wake (each a system call, and a
  * wake-up several microseconds long). After the first microsecond it yields
  * between polls, so that on a busy machine the spinner gives the CPU to the
  * processes that make the work (acceptors' gRPC threads) instead of taking it
- * from them. Returns true if something arrived. */
-#define CR_SPIN_NS 30000u
+ * from them. The time is queue_spin_us (cr_shm_set_spin), per process.
+ * Returns true if something arrived. */
 #define CR_SPIN_PAUSE_NS 1000u
+
+static uint64_t cr_spin_ns = 50000u;
+
+void cr_shm_set_spin(unsigned us)
+{
+    cr_spin_ns = (uint64_t)us * 1000u;
+}
 
 static bool cr_spin_for(const uint64_t *head, const uint64_t *tail)
 {
     uint64_t t0 = 0;
+    if (cr_spin_ns == 0)
+        return false;
     for (unsigned i = 0;; i++) {
         if (__atomic_load_n(tail, __ATOMIC_ACQUIRE) != __atomic_load_n(head, __ATOMIC_RELAXED))
             return true;
@@ -140,7 +149,7 @@ static bool cr_spin_for(const uint64_t *head, const uint64_t *tail)
         uint64_t now = cr_now_ns();
         if (t0 == 0)
             t0 = now;
-        else if (now - t0 >= CR_SPIN_NS)
+        else if (now - t0 >= cr_spin_ns)
             return false;
         if (now - t0 >= CR_SPIN_PAUSE_NS)
             sched_yield();

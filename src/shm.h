@@ -196,6 +196,10 @@ void cr_feed_reap(cr_region_t *feed, pid_t pid, int row, cr_region_t *const *reg
 
 void cr_region_stats(cr_region_t *r, cr_region_stats_t *st);
 
+/* How long this process polls a queue (cr_task_take) or result ring
+ * (cr_result_take) before it sleeps: queue_spin_us; 0 = sleep at once. */
+void cr_shm_set_spin(unsigned us);
+
 /* Wake every process sleeping on this region (stop, reload). */
 void cr_region_wake_all(cr_region_t *r);
 

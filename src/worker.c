@@ -104,6 +104,7 @@ void cr_worker_main(const cr_worker_ctx_t *ctx)
     cr_role = CR_ROLE_WORKER;
     r->feed = ctx->feed;
     cr_worker_attach(r, (unsigned)ctx->row, ctx->slot);
+    cr_shm_set_spin(ctx->conf->queue_spin_us);
     cr_worker_signals();
     /* Modules before the first task; a failure is a start-up error (exit 2:
      * not respawned). A slow init delays only this worker. */

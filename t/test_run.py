@@ -118,8 +118,12 @@ def test_queued_us_counts_the_wait(crunchd):
     assert r.run_us < r.queued_us
 
 
-def test_2000_calls_from_50_threads(crunchd):
-    d = crunchd(workers=2)
+# queue_spin_us = 0: every hand-over goes through the futex sleep and wake
+# (with the default, polling hides that path under load); 10000: polling
+# nearly always wins.
+@pytest.mark.parametrize("spin", [None, 0, 10000])
+def test_2000_calls_from_50_threads(crunchd, spin):
+    d = crunchd(workers=2, queue_spin_us=spin)
     stubs = [pb_grpc.CrunchStub(d.channel()) for _ in range(5)]
     rnd = random.Random(1234)
     tasks = []

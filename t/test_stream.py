@@ -96,8 +96,9 @@ def test_stream_deadline_bounds_its_tasks(crunchd):
     wait_region_idle(d)
 
 
-def test_100000_tasks_mixed_handlers_each_answered_once(crunchd):
-    d = crunchd(workers=2)
+@pytest.mark.parametrize("spin", [None, 0])  # 0: no polling, futex hand-overs only
+def test_100000_tasks_mixed_handlers_each_answered_once(crunchd, spin):
+    d = crunchd(workers=2, queue_spin_us=spin)
     rnd = random.Random(4242)
     n = 100_000
     want = {}

@@ -84,6 +84,7 @@ static void test_defaults(void)
     is_int(conf.shm_size, 64 << 20, "defaults: shm_size 64m");
     is_int(conf.max_payload, 4 << 20, "defaults: max_payload 4m");
     is_int(conf.queue_wait_ms, 1000, "defaults: queue_wait_ms 1000");
+    is_int(conf.queue_spin_us, 50, "defaults: queue_spin_us 50");
     is_str(conf.pid_file, "/srv/crunchd/crunchd.pid",
            "defaults: pid_file under the prefix");
     is_str(conf.error_log, "stderr", "defaults: error_log stderr");
@@ -275,6 +276,11 @@ static void test_integers(void)
     load_fails(LISTEN1 "queue_wait_ms = 600001;\n", 2,
                "queue_wait_ms: 600001 is out of range; use an integer from 0 to 600000",
                "queue_wait_ms: above range");
+    load_ok(LISTEN1 "queue_spin_us = 0;\n", "queue_spin_us: 0 (sleep at once)");
+    is_int(conf.queue_spin_us, 0, "queue_spin_us: 0 stored");
+    load_fails(LISTEN1 "queue_spin_us = 10001;\n", 2,
+               "queue_spin_us: 10001 is out of range; use an integer from 0 to 10000",
+               "queue_spin_us: above range");
     load_fails(
         LISTEN1 "queue_wait_ms = 1.0;\n", 2,
         "queue_wait_ms: expected an integer, got a float; use an integer from 0 to "
@@ -1745,6 +1751,7 @@ static void test_diff_table(void)
         {"stream_max_pending", "stream_max_pending = 16;", NULL, CR_CHANGE_ACCEPTOR},
         {"queue_capacity", "queue_capacity = 16;", NULL, CR_CHANGE_ACCEPTOR},
         {"queue_wait_ms", "queue_wait_ms = 0;", NULL, CR_CHANGE_ACCEPTOR},
+        {"queue_spin_us", "queue_spin_us = 0;", NULL, CR_CHANGE_ACCEPTOR},
         {"shm_size", "shm_size = \"128m\";", NULL, CR_CHANGE_ACCEPTOR},
         {"max_payload", "max_payload = \"1m\";", "max_receive_message, max_payload",
          CR_CHANGE_ACCEPTOR},
