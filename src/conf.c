@@ -260,6 +260,12 @@ static int conf_error_at(conf_ctx_t *cx, const char *file, unsigned line, const 
         vsnprintf(cx->err + n, cx->errlen - (size_t)n, fmt, ap);
         va_end(ap);
     }
+    /* One line whatever the file holds: a quoted value may span lines (a
+     * libconfig string can), and the message goes to the log and the
+     * terminal (found by t/fuzz/fuzz-conf). */
+    for (char *p = cx->err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     return CR_ERROR;
 }
 
