@@ -600,7 +600,8 @@ static int conf_scan_number(conf_scan_t *st, const char **pp)
     return CR_OK;
 }
 
-static int conf_scan_include(conf_ctx_t *cx, const char *path, int depth)
+static int conf_scan_include(conf_ctx_t *cx, const char *path, const char *from,
+                             unsigned line, int depth)
 {
     char full[PATH_MAX], *copy, *text = NULL;
     struct stat st;
@@ -608,15 +609,27 @@ static int conf_scan_include(conf_ctx_t *cx, const char *path, int depth)
     ssize_t r;
 
     /* libconfig reports an include it cannot open (or one too deep) itself. */
-    if (depth >= CONF_INCLUDE_DEPTH || cx->ninc_names == cr_nelem(cx->inc_names))
+    if (depth >= CONF_INCLUDE_DEPTH)
         return CR_OK;
     if (conf_resolve(cx->include_dir ? cx->include_dir : cx->c->prefix, path, full,
                      sizeof(full)) != CR_OK)
         return CR_OK;
-    fd = open(full, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang -t or a reload here. */
+    fd = open(full, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd == -1)
         return CR_OK;
-    if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size > CONF_FILE_MAX)
+    if (fstat(fd, &st) == -1)
+        goto done;
+    /* libconfig opens a directory (@include "" names the include directory)
+     * and its scanner then calls exit(2) ("input in flex scanner failed"):
+     * in the master, on a reload. Found by t/fuzz/fuzz-conf. */
+    if (!S_ISREG(st.st_mode)) {
+        rc = conf_error_at(cx, from, line,
+                           "@include \"%s\": %s is %s; include a configuration file",
+                           path, full, S_ISDIR(st.st_mode) ? "a directory" : "not a regular file");
+        goto done;
+    }
+    if (st.st_size > CONF_FILE_MAX || cx->ninc_names == cr_nelem(cx->inc_names))
         goto done;
     text = malloc((size_t)st.st_size + 1);
     copy = strdup(path);
@@ -709,7 +722,7 @@ static int conf_scan(conf_ctx_t *cx, const char *text, const char *file, int dep
             path[n] = '\0';
             if (*p == '"')
                 p++;
-            if (conf_scan_include(cx, path, depth) != CR_OK)
+            if (conf_scan_include(cx, path, file, line, depth) != CR_OK)
                 return CR_ERROR;
             line_start = false;
             continue;
