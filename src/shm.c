@@ -127,7 +127,7 @@ static inline void cr_cpu_relax(void)
  * Returns true if something arrived. */
 #define CR_SPIN_PAUSE_NS 1000u
 
-static uint64_t cr_spin_ns = 50000u;
+static uint64_t cr_spin_ns = 10000u;
 
 void cr_shm_set_spin(unsigned us)
 {
