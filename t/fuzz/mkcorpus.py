@@ -6,7 +6,7 @@ Run once from anywhere; the outputs are committed (they are test data):
     /usr/bin/python3 t/fuzz/mkcorpus.py
 
 - corpus/conf: the shipped conf/crunchd.conf, every broken file of
-  t/test_config.py (BROKEN, built the way _broken_file builds them), a file
+  t/test_badconf.py (BROKEN, built the way t/test_config.py's _broken_file did), a file
   setting everything, and a few written here (includes, syntax traps).
 - corpus/task: a settings byte (see fuzz-task.c) and a protobuf message: a
   valid Task for every handler, malformed ones, and the other requests an
@@ -41,18 +41,22 @@ def put(d, name, data):
 # --- conf --------------------------------------------------------------------
 
 def broken_cases():
-    """BROKEN of t/test_config.py, read without importing it (it needs the
-    test fixture): the list is evaluated with P bound as there."""
-    src = open(os.path.join(TOP, "t", "test_config.py")).read()
-    for node in ast.parse(src).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "BROKEN":
-            return eval(compile(ast.Expression(node.value), "test_config.py", "eval"),
-                        {"P": "{port}"})
-    raise SystemExit("BROKEN not found in t/test_config.py")
+    """BROKEN of t/test_badconf.py (earlier t/test_config.py), read without
+    importing it (it needs the test fixture): the list is evaluated with P
+    bound as there."""
+    for name in ("test_badconf.py", "test_config.py"):
+        path = os.path.join(TOP, "t", name)
+        if not os.path.exists(path):
+            continue
+        for node in ast.parse(open(path).read()).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "BROKEN":
+                return eval(compile(ast.Expression(node.value), name, "eval"),
+                            {"P": "{port}", "os": os, "MODULES": "/nonexistent/modules"})
+    raise SystemExit("BROKEN not found in t/test_badconf.py or t/test_config.py")
 
 
 def broken_text(lines, port=50051):
-    # as _broken_file in t/test_config.py
+    # as _broken_file in t/test_config.py did
     has_listen = any(l.startswith("listen") for l in lines)
     head = ["# crunchd test config: one mistake, on a known line", ""]
     if not has_listen:
