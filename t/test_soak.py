@@ -26,7 +26,7 @@ HARD_LIMIT = (DURATION + 90) * SCALE
 
 @pytest.mark.novalgrind(reason="thousands of tasks and kills in 60 s, and it bounds the "
                                 "master's RSS growth, which valgrind's shadow memory inflates")
-def test_soak_short(tmp_path):
+def test_soak_short(tmp_path, capsys):
     disarm_watchdog()  # the soak has its own hard limit, below
     out = tmp_path / "soak.json"
     cmd = [sys.executable, SOAK, "--duration", str(DURATION), "--clients", "3",
@@ -48,7 +48,8 @@ def test_soak_short(tmp_path):
         raise AssertionError("soak ran longer than %.0f s; its output:\n%s"
                              % (HARD_LIMIT, text.decode(errors="replace")[-6000:]))
     text = text.decode(errors="replace")
-    print(text)
+    with capsys.disabled():  # the summary shows in t/test_soak.log even on a pass
+        print("\n" + text)
     assert p.returncode == 0, "soak failed (exit %d):\n%s" % (p.returncode, text[-6000:])
     s = json.loads(out.read_text())
     # A soak that did nothing must not pass: load and chaos really happened.
