@@ -2447,7 +2447,7 @@ static void rpc_arg(grpc_arg *a, const char *key, uint64_t v)
 
 int cr_rpc_init(const cr_acceptor_ctx_t *ctx)
 {
-    grpc_arg args[12];
+    grpc_arg args[13];
     grpc_channel_args cargs;
     const cr_conf_t *conf = ctx->conf;
     size_t n = 0;
@@ -2513,11 +2513,28 @@ int cr_rpc_init(const cr_acceptor_ctx_t *ctx)
                 conf->max_connection_idle_ms);
     /* TLS listeners are bound by gRPC in every acceptor: they must share. */
     rpc_arg(&args[n++], GRPC_ARG_ALLOW_REUSEPORT, 1);
+    /* gRPC 1.51 keeps opening the flow-control window of a message being read
+     * and checks max_receive_message only once all of it is in, so a prefix
+     * claiming 4 GiB had us buffer all that was sent. A memory quota bounds
+     * what gRPC buffers here: over it, gRPC closes idle connections and
+     * cancels calls (RESOURCE_EXHAUSTED) until it is under again. Twice the
+     * region and two largest messages, at least 32m: traffic never needs it
+     * (more than shm_size in flight waits for queue room anyway). */
+    uint64_t quota = 2 * (conf->shm_size + recv_max);
+    if (quota < (32u << 20))
+        quota = 32u << 20;
+    grpc_resource_quota *rq = grpc_resource_quota_create("crunchd");
+    grpc_resource_quota_resize(rq, quota < SIZE_MAX ? (size_t)quota : SIZE_MAX);
+    args[n].type = GRPC_ARG_POINTER;
+    args[n].key = (char *)GRPC_ARG_RESOURCE_QUOTA;
+    args[n].value.pointer.p = rq;
+    args[n++].value.pointer.vtable = grpc_resource_quota_arg_vtable();
     cr_assert(n <= cr_nelem(args));
     cargs.num_args = n;
     cargs.args = args;
 
     rpc.server = grpc_server_create(&cargs, NULL);
+    grpc_resource_quota_unref(rq); /* the server holds its own reference */
     if (rpc.server == NULL) {
         cr_log(CR_LOG_EMERG, 0,
                "grpc_server_create() failed; check the gRPC library "
