@@ -574,6 +574,29 @@ NOVALGRIND = {
         "bounds calls by an unscaled 3 s while a worker sleeps 4 s in init",
     "test_rawbytes.py::test_message_prefix_claiming_4gib_memory_is_bounded":
         "bounds the acceptor's RSS growth, which valgrind's shadow memory inflates",
+    "test_cli.py::test_s_stop_stops_a_running_daemon":
+        "crunchd -s finds the master by its process title in /proc/PID/cmdline; "
+        "under valgrind that is valgrind's own command line, so -s refuses the "
+        "pid file as stale (as it should for a process that is not crunchd)",
+    "test_cli.py::test_s_quit_is_a_graceful_stop":
+        "crunchd -s finds the master by its process title in /proc/PID/cmdline; "
+        "under valgrind that is valgrind's own command line, so -s refuses the "
+        "pid file as stale (as it should for a process that is not crunchd)",
+    "test_cli.py::test_s_reopen_reopens_the_renamed_log":
+        "crunchd -s finds the master by its process title in /proc/PID/cmdline; "
+        "under valgrind that is valgrind's own command line, so -s refuses the "
+        "pid file as stale (as it should for a process that is not crunchd)",
+    "test_cli.py::test_s_reload_sends_sighup":
+        "crunchd -s finds the master by its process title in /proc/PID/cmdline; "
+        "under valgrind that is valgrind's own command line, so -s refuses the "
+        "pid file as stale (as it should for a process that is not crunchd)",
+    "test_cli.py::test_user_children_reopen_the_log":
+        "crunchd -s finds the master by its process title in /proc/PID/cmdline; "
+        "under valgrind that is valgrind's own command line, so -s refuses the "
+        "pid file as stale (as it should for a process that is not crunchd)",
+    "test_cli.py::test_worker_rlimits_apply_to_workers_only":
+        "valgrind reserves file descriptors for itself and shows the guest a lower "
+        "RLIMIT_NOFILE than the one crunchd set",
     "test_reload.py::test_no_fd_or_process_leak_across_100_reloads":
         "100 reloads fork over 100 processes; under valgrind each start costs "
         "seconds of CPU and draining ones pile up (47 at once, load 50 on 2 cores)",
