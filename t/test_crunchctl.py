@@ -13,6 +13,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -575,6 +576,13 @@ def test_tls_and_mutual_tls(crunchd, pki):
                'cert = "%s"; key = "%s"; client_ca = "%s"; verify_client = true; }; } );'
                % (d.port, tls_port, pki["server.pem"], pki["server.key"], pki["ca.pem"]))
     d.start()
+    # gRPC binds a TLS listener inside the acceptor, a moment after the
+    # acceptor's title is set (t/test_tls.py): wait until it accepts.
+    def tls_listening():
+        with socket.socket() as s:
+            s.settimeout(2)
+            return s.connect_ex(("127.0.0.1", tls_port)) == 0
+    wait_for(tls_listening, what="the TLS listener bound by the acceptor")
     addr = "127.0.0.1:%d" % tls_port
     plain = "127.0.0.1:%d" % d.port
     good = ["--ca", pki["ca.pem"], "--server-name", "crunch.test",
