@@ -120,14 +120,17 @@ static inline void cr_cpu_relax(void)
  * lock, whether *tail moved past *head, for a while. Under load the
  * next task or result arrives within that time and the handover costs neither
  * the taker's futex_wait nor the giver's futex_wake (each a system call, and a
- * wake-up several microseconds long). After the first microsecond it yields
- * between polls, so that on a busy machine the spinner gives the CPU to the
- * processes that make the work (acceptors' gRPC threads) instead of taking it
- * from them. The time is queue_spin_us (cr_shm_set_spin), per process.
- * Returns true if something arrived. */
+ * wake-up several microseconds long; on a VM, waking a halted vCPU costs tens
+ * of microseconds). After the first microsecond it yields between polls, and
+ * when a yield lets something else run (it took CR_SPIN_YIELDED_NS or more),
+ * it stops polling and sleeps: on a busy machine a poller would hold a CPU
+ * that the processes making the work (acceptors' gRPC threads, the clients)
+ * need. The time is queue_spin_us (cr_shm_set_spin), per process. Returns
+ * true if something arrived. */
 #define CR_SPIN_PAUSE_NS 1000u
+#define CR_SPIN_YIELDED_NS 5000u
 
-static uint64_t cr_spin_ns = 10000u;
+static uint64_t cr_spin_ns = 50000u;
 
 void cr_shm_set_spin(unsigned us)
 {
@@ -151,8 +154,13 @@ static bool cr_spin_for(const uint64_t *head, const uint64_t *tail)
             t0 = now;
         else if (now - t0 >= cr_spin_ns)
             return false;
-        if (now - t0 >= CR_SPIN_PAUSE_NS)
+        if (now - t0 >= CR_SPIN_PAUSE_NS) {
             sched_yield();
+            /* Somebody else ran meanwhile: this CPU is wanted, and polling
+             * on it would delay the work it waits for. Sleep instead. */
+            if (cr_now_ns() - now >= CR_SPIN_YIELDED_NS)
+                return false;
+        }
     }
 }
 
