@@ -356,19 +356,6 @@ static void rpc_gpr_verbosity(void)
                                                            : GPR_LOG_SEVERITY_ERROR);
 }
 
-/* Printable copy of client-supplied text, cut to fit buf. */
-static void rpc_printable(char *buf, size_t len, const char *s, size_t n)
-{
-    size_t i, max = len > 4 ? len - 4 : 0;
-    for (i = 0; i < n && i < max; i++)
-        buf[i] = s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
-    if (i < n && len >= 4) {
-        memcpy(buf + i, "...", 3);
-        i += 3;
-    }
-    buf[len ? (i < len ? i : len - 1) : 0] = '\0';
-}
-
 /* --- time ---------------------------------------------------------------------- */
 
 /* Nanoseconds left until a gRPC deadline. Returns false when there is none.
@@ -1137,7 +1124,8 @@ static void rpc_run_accept(rpc_call_t *c)
     c->task = task;
     c->id = task->id;
     if (task->handler)
-        rpc_printable(c->hname, sizeof(c->hname), task->handler, strlen(task->handler));
+        cr_task_printable(c->hname, sizeof(c->hname), task->handler,
+                          strlen(task->handler));
 
     int code = rpc_task_check(c, task, true, &h, &dl, msg, sizeof(msg));
     if (code != GRPC_STATUS_OK) {
@@ -1949,7 +1937,7 @@ static int rpc_gen_post(void)
 /* The method path a client sent, printable and cut. */
 static void rpc_gen_method(const rpc_generic_t *g, char *buf, size_t len)
 {
-    rpc_printable(buf, len, (const char *)GRPC_SLICE_START_PTR(g->details.method),
+    cr_task_printable(buf, len, (const char *)GRPC_SLICE_START_PTR(g->details.method),
                   GRPC_SLICE_LENGTH(g->details.method));
 }
 

@@ -5,9 +5,7 @@
 
 #define NS_PER_MS 1000000ull
 
-/* At most len - 1 bytes of s (n bytes) with non-printable bytes as '?', and
- * "..." when cut: a client's bytes go into a status message and the log. */
-static void task_printable(char *buf, size_t len, const char *s, size_t n)
+void cr_task_printable(char *buf, size_t len, const char *s, size_t n)
 {
     size_t i, max = len > 4 ? len - 4 : 0;
 
@@ -35,7 +33,7 @@ int cr_task_check(const cr_task_limits_t *lim, const char *name, size_t payload_
 
     *handler = cr_handler_find(name, nlen);
     if (*handler == CR_NONE) {
-        task_printable(shown, sizeof(shown), name, nlen);
+        cr_task_printable(shown, sizeof(shown), name, nlen);
         cr_handler_list(list, sizeof(list));
         snprintf(msg, len, "unknown handler \"%s\"; known handlers: %s", shown, list);
         return CR_STATUS_NOT_FOUND;

@@ -23,4 +23,8 @@ int cr_task_check(const cr_task_limits_t *lim, const char *name, size_t payload_
                   uint32_t timeout_ms, uint32_t *handler, uint64_t *deadline_ns,
                   char *msg, size_t len);
 
+/* At most len - 1 bytes of s (n bytes) into buf, non-printable bytes as '?'
+ * and "..." when cut: for a client's bytes in a status message or the log. */
+void cr_task_printable(char *buf, size_t len, const char *s, size_t n);
+
 #endif /* CR_TASK_CHECK_H */
