@@ -132,7 +132,7 @@ static void qh_usage(FILE *f)
                "  -d  measured seconds after a 0.5 s warm-up (default 3)\n"
                "  -s  payload bytes, echoed back (default 16)\n"
                "  -r  nanoseconds of work per task in the worker (default 0)\n"
-               "  -S  queue_spin_us: polling before sleeping (default 50, as crunchd)\n");
+               "  -S  queue_spin_us: polling before sleeping (default 10, as crunchd)\n");
 }
 
 int main(int argc, char **argv)

@@ -183,7 +183,7 @@ static const conf_cmd_t conf_cmds[] = {
      * region, which the master re-creates) */
     CONF_UINT("queue_capacity", queue_capacity, 1, 1048576, 1024, A),
     CONF_UINT("queue_wait_ms", queue_wait_ms, 0, 600000, 1000, A),
-    CONF_UINT("queue_spin_us", queue_spin_us, 0, 10000, 50, A),
+    CONF_UINT("queue_spin_us", queue_spin_us, 0, 10000, 10, A),
     CONF_SIZE("shm_size", shm_size, 64 * KB, 64 * GB, 64 * MB, A),
     CONF_SIZE("max_payload", max_payload, 1, 1 * GB, 4 * MB, A),
     CONF_UINT("updates_capacity", updates_capacity, 1, 1048576, 65536, M),

@@ -63,7 +63,7 @@ typedef struct {
     uint64_t shm_size;        /* payload arena bytes, 64k..64g, default 64m */
     uint64_t max_payload;     /* bytes, 1..1g and <= shm_size/2, default 4m */
     unsigned queue_wait_ms;   /* 0..600000, default 1000 */
-    unsigned queue_spin_us;   /* 0..10000, default 50 */
+    unsigned queue_spin_us;   /* 0..10000, default 10 */
     char pid_file[PATH_MAX];  /* absolute, "" = none; default "crunchd.pid" */
     char error_log[PATH_MAX]; /* "stderr" or absolute path; default "stderr" */
     int log_level;            /* cr_log_level_t, default notice */

@@ -130,7 +130,7 @@ static inline void cr_cpu_relax(void)
 #define CR_SPIN_PAUSE_NS 1000u
 #define CR_SPIN_YIELDED_NS 5000u
 
-static uint64_t cr_spin_ns = 50000u;
+static uint64_t cr_spin_ns = 10000u;
 
 void cr_shm_set_spin(unsigned us)
 {

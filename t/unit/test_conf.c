@@ -84,7 +84,7 @@ static void test_defaults(void)
     is_int(conf.shm_size, 64 << 20, "defaults: shm_size 64m");
     is_int(conf.max_payload, 4 << 20, "defaults: max_payload 4m");
     is_int(conf.queue_wait_ms, 1000, "defaults: queue_wait_ms 1000");
-    is_int(conf.queue_spin_us, 50, "defaults: queue_spin_us 50");
+    is_int(conf.queue_spin_us, 10, "defaults: queue_spin_us 10");
     is_str(conf.pid_file, "/srv/crunchd/crunchd.pid",
            "defaults: pid_file under the prefix");
     is_str(conf.error_log, "stderr", "defaults: error_log stderr");
