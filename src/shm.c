@@ -140,8 +140,6 @@ void cr_shm_set_spin(unsigned us)
 static bool cr_spin_for(const uint64_t *head, const uint64_t *tail)
 {
     uint64_t t0 = 0;
-    if (cr_spin_ns == 0)
-        return false;
     for (unsigned i = 0;; i++) {
         if (__atomic_load_n(tail, __ATOMIC_ACQUIRE) != __atomic_load_n(head, __ATOMIC_RELAXED))
             return true;
@@ -992,7 +990,7 @@ int cr_result_take(cr_region_t *r, unsigned ai, uint32_t *out, unsigned n, int t
         }
         if (got > 0 || timeout_ms == 0 || waited)
             break;
-        if (!spun) {
+        if (!spun && cr_spin_ns) { /* queue_spin_us = 0: no unlock and relock */
             spun = true;
             cr_unlock(sh);
             cr_spin_for(&a->head, &a->tail);
@@ -1266,7 +1264,7 @@ int cr_task_take(cr_region_t *r, unsigned w, uint32_t *dp, int timeout_ms)
         }
         if (timeout_ms == 0 || waited)
             break;
-        if (!spun) {
+        if (!spun && cr_spin_ns) { /* queue_spin_us = 0: no unlock and relock */
             spun = true;
             cr_unlock(sh);
             cr_spin_for(&sh->task_head, &sh->task_tail);
