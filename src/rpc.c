@@ -938,6 +938,7 @@ static void rpc_pend_add(rpc_call_t *c, uint64_t now)
             return;
         }
     }
+    cr_assert(c->pend == PEND_NONE);
     c->pend_until_ns = until;
     c->pend_bytes = bytes;
 
@@ -1019,7 +1020,7 @@ static void rpc_pend_retry(uint64_t now)
     pthread_mutex_unlock(&rpc.pend_mu);
 
     for (rpc_call_t *c = batch; c; c = next) {
-        bool done = true;
+        bool done = true, pump = false;
 
         next = c->pnext;
         pthread_mutex_lock(&c->mu);
@@ -1035,16 +1036,21 @@ static void rpc_pend_retry(uint64_t now)
                 else
                     done = false;
             } else if (c->kind != CALL_RUN) {
-                /* Room again: read on (or finish, half-closed). */
-                rpc_stream_pump(c);
+                pump = true;
             }
+        }
+        if (done) {
+            /* Off the list before the stream reads on: the next message's
+             * completion may find the queue full and list c again. */
+            pthread_mutex_lock(&rpc.pend_mu);
+            rpc_pend_forget_locked(c);
+            pthread_mutex_unlock(&rpc.pend_mu);
+            if (pump)
+                rpc_stream_pump(c); /* room again: read on (or finish, half-closed) */
         }
         pthread_mutex_unlock(&c->mu);
 
         if (done) {
-            pthread_mutex_lock(&rpc.pend_mu);
-            rpc_pend_forget_locked(c);
-            pthread_mutex_unlock(&rpc.pend_mu);
             rpc_call_unref(c);
             continue;
         }

@@ -160,6 +160,41 @@ def test_queue_full_for_streams_does_not_starve_run(crunchd):
     assert len(res) == 500 and all(r.code == 0 for r in res)
 
 
+def test_streams_and_runs_waiting_for_a_tiny_queue_all_finish(crunchd):
+    # Four streams and a stream of unary calls share a queue of 2: calls go on
+    # and off the waiting list thousands of times while the streams read on.
+    # (A stream read on before it was off that list, and the next full queue
+    # listed it twice: the acceptor aborted on the broken list.)
+    d = crunchd(workers=2, queue_capacity=2, queue_wait_ms=30000)
+    acceptors = d.acceptors()
+    n = 3000
+    out = {}
+
+    def stream(k):
+        tasks = (pb.Task(id=i, handler="echo", payload=b"%d.%d" % (k, i)) for i in range(n))
+        out[k] = list(d.stub().RunStream(tasks, timeout=120 * SCALE))
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    try:
+        stub = d.stub()
+        i = 0
+        while any(th.is_alive() for th in threads) and i < 2000:
+            r = d.run("echo", "run%d" % i, id=100_000 + i, stub=stub, timeout=60 * SCALE)
+            assert r.output == b"run%d" % i
+            i += 1
+    finally:
+        for th in threads:
+            th.join(150 * SCALE)
+    for k in range(4):
+        got = out.get(k, [])
+        assert sorted(r.id for r in got) == list(range(n)), "stream %d: %d results" % (k, len(got))
+        assert all(r.code == 0 and r.output == b"%d.%d" % (k, r.id) for r in got)
+    assert d.acceptors() == acceptors, "an acceptor was restarted"
+    wait_region_idle(d)
+
+
 def proc_rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
