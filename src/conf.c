@@ -614,10 +614,14 @@ static int conf_scan_include(conf_ctx_t *cx, const char *path, const char *from,
     if (conf_resolve(cx->include_dir ? cx->include_dir : cx->c->prefix, path, full,
                      sizeof(full)) != CR_OK)
         return CR_OK;
-    /* O_NONBLOCK: a FIFO must not hang -t or a reload here. */
+    /* O_NONBLOCK: a FIFO must not hang -t or a reload here. libconfig would
+     * only say "cannot open include file": name the file and the reason. */
     fd = open(full, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd == -1)
-        return CR_OK;
+        return conf_error_at(cx, from, line,
+                             "@include \"%s\": cannot open %s: %s; check the @include path "
+                             "(relative paths start in the directory of the main file)",
+                             path, full, strerror(errno));
     if (fstat(fd, &st) == -1)
         goto done;
     /* libconfig opens a directory (@include "" names the include directory)
@@ -2405,7 +2409,7 @@ static int conf_load_text(conf_ctx_t *cx, const char *text)
     }
 
     if (config_read_string(&cfg, text) != CONFIG_TRUE) {
-        const char *what = config_error_text(&cfg), *hint = "";
+        const char *what = config_error_text(&cfg), *hint = "", *kind = "syntax error: ";
 
         if (cx->open_what != NULL) {
             conf_error_open(cx);
@@ -2413,14 +2417,18 @@ static int conf_load_text(conf_ctx_t *cx, const char *text)
         }
         if (what == NULL)
             what = "unknown error";
-        else if (strcmp(what, "duplicate setting name") == 0)
+        else if (strcmp(what, "duplicate setting name") == 0) {
+            kind = "";
             hint = "; a setting appears twice: keep one of them";
-        else if (strcmp(what, "cannot open include file") == 0)
+        } else if (strcmp(what, "cannot open include file") == 0) {
+            kind = "";
             hint =
                 "; check the @include path (relative paths start in the directory of the "
                 "main file)";
-        else if (strcmp(what, "syntax error") == 0)
+        } else if (strcmp(what, "syntax error") == 0) {
+            kind = "";
             hint = "; check the quotes, '=' and brackets on this line and the one before";
+        }
         /* The error file is NULL for the main text, the path as written for
          * an include (conf_file resolves it). */
         if (cx->group_in_array_line != 0 &&
@@ -2432,7 +2440,7 @@ static int conf_load_text(conf_ctx_t *cx, const char *text)
                           "\"127.0.0.1:50051\"; } );");
         else
             conf_error_at(cx, config_error_file(&cfg), (unsigned)config_error_line(&cfg),
-                          "syntax error: %s%s", what, hint);
+                          "%s%s%s", kind, what, hint);
         goto done;
     }
     /* libconfig takes an open comment as running to the end of the file and

@@ -165,8 +165,10 @@ static const char *cr_role_name(cr_role_t role)
 /* --- listeners ---------------------------------------------------------------- */
 
 /* Bind one listener without SO_REUSEPORT, so that a second server on the same
- * address is a start-up error instead of a silent share (DESIGN section 2). */
-static int cr_listen_open(const char *file, const cr_listen_conf_t *l)
+ * address is a start-up error instead of a silent share (DESIGN section 2).
+ * Errors are logged at `level`: [emerg] at start (crunchd exits), [error] at
+ * a reload (refused; the running generation goes on). */
+static int cr_listen_open(const char *file, const cr_listen_conf_t *l, int level)
 {
     int fd, one = 1;
     const struct sockaddr *sa = (const struct sockaddr *)&l->addr;
@@ -175,7 +177,7 @@ static int cr_listen_open(const char *file, const cr_listen_conf_t *l)
         struct stat st;
         if (lstat(l->path, &st) == 0) {
             if (!S_ISSOCK(st.st_mode)) {
-                cr_log(CR_LOG_EMERG, 0, "listen \"%s\": %s exists and is not a socket; "
+                cr_log(level, 0, "listen \"%s\": %s exists and is not a socket; "
                        "remove it or choose another path", l->text, l->path);
                 return -1;
             }
@@ -183,7 +185,7 @@ static int cr_listen_open(const char *file, const cr_listen_conf_t *l)
             int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
             if (probe != -1 && connect(probe, sa, l->addrlen) == 0) {
                 close(probe);
-                cr_log(CR_LOG_EMERG, 0, "%s:%d: listen \"%s\": address already in use (a "
+                cr_log(level, 0, "%s:%d: listen \"%s\": address already in use (a "
                        "server answers on %s); stop it or change listen", file, l->line,
                        l->text, l->path);
                 return -1;
@@ -191,7 +193,7 @@ static int cr_listen_open(const char *file, const cr_listen_conf_t *l)
             if (probe != -1)
                 close(probe);
             if (unlink(l->path) == -1) {
-                cr_log(CR_LOG_EMERG, errno, "listen \"%s\": cannot remove stale socket %s",
+                cr_log(level, errno, "listen \"%s\": cannot remove stale socket %s",
                        l->text, l->path);
                 return -1;
             }
@@ -199,7 +201,7 @@ static int cr_listen_open(const char *file, const cr_listen_conf_t *l)
     }
     fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
-        cr_log(CR_LOG_EMERG, errno, "listen \"%s\": socket() failed", l->text);
+        cr_log(level, errno, "listen \"%s\": socket() failed", l->text);
         return -1;
     }
     if (l->kind == CR_LISTEN_TCP) {
@@ -211,24 +213,24 @@ static int cr_listen_open(const char *file, const cr_listen_conf_t *l)
     if (bind(fd, sa, l->addrlen) == -1) {
         int err = errno;
         if (err == EADDRINUSE)
-            cr_log(CR_LOG_EMERG, 0, "%s:%d: listen \"%s\": address already in use; another "
+            cr_log(level, 0, "%s:%d: listen \"%s\": address already in use; another "
                    "server (perhaps another crunchd) listens there: stop it or change listen",
                    file, l->line, l->text);
         else if (err == EACCES)
-            cr_log(CR_LOG_EMERG, err, "listen \"%s\": bind() refused; ports below 1024 "
+            cr_log(level, err, "listen \"%s\": bind() refused; ports below 1024 "
                    "need root or CAP_NET_BIND_SERVICE", l->text);
         else
-            cr_log(CR_LOG_EMERG, err, "listen \"%s\": bind() failed", l->text);
+            cr_log(level, err, "listen \"%s\": bind() failed", l->text);
         close(fd);
         return -1;
     }
     /* Between bind and listen: no client can connect before the mode is set. */
-    if (cr_os_listen_perms(l) != CR_OK) {
+    if (cr_os_listen_perms(l, level) != CR_OK) {
         close(fd);
         return -1;
     }
     if (listen(fd, 4096) == -1) {
-        cr_log(CR_LOG_EMERG, errno, "listen \"%s\": listen() failed", l->text);
+        cr_log(level, errno, "listen \"%s\": listen() failed", l->text);
         close(fd);
         return -1;
     }
@@ -247,7 +249,8 @@ static bool cr_listen_same(const cr_listen_conf_t *a, const cr_listen_conf_t *b)
 /* The master's socket for l: an existing one (kept across reloads, never
  * closed while listed) or a new one. -1 on error (logged). TLS listeners are
  * bound by gRPC in the acceptors (DESIGN section 2): no master socket. */
-static int cr_listener_get(cr_master_t *m, const char *file, const cr_listen_conf_t *l)
+static int cr_listener_get(cr_master_t *m, const char *file, const cr_listen_conf_t *l,
+                           int level)
 {
     if (l->tls.on)
         return -1;
@@ -256,7 +259,7 @@ static int cr_listener_get(cr_master_t *m, const char *file, const cr_listen_con
         if (x->in_use && cr_listen_same(&x->l, l)) {
             if (l->kind == CR_LISTEN_UNIX &&
                 (x->l.mode != l->mode || strcmp(x->l.group, l->group) != 0)) {
-                cr_os_listen_perms(l);
+                cr_os_listen_perms(l, level);
                 x->l = *l;
             }
             x->refs++;
@@ -267,13 +270,13 @@ static int cr_listener_get(cr_master_t *m, const char *file, const cr_listen_con
         cr_listener_t *x = &m->listeners[i];
         if (x->in_use)
             continue;
-        int fd = cr_listen_open(file, l);
+        int fd = cr_listen_open(file, l, level);
         if (fd == -1)
             return -2;
         *x = (cr_listener_t){.in_use = true, .l = *l, .fd = fd, .refs = 1};
         return fd;
     }
-    cr_log(CR_LOG_EMERG, 0, "too many listening sockets across generations");
+    cr_log(level, 0, "too many listening sockets across generations");
     return -2;
 }
 
@@ -327,7 +330,9 @@ static cr_gen_t *cr_cur(cr_master_t *m)
     return m->ngens ? m->gens[m->ngens - 1] : NULL;
 }
 
-static cr_gen_t *cr_gen_create(cr_master_t *m, cr_conf_t *conf, unsigned id)
+/* A new generation: its listeners (errors logged at `level`, see
+ * cr_listen_open) and its shared region. */
+static cr_gen_t *cr_gen_create(cr_master_t *m, cr_conf_t *conf, unsigned id, int level)
 {
     cr_gen_t *g = calloc(1, sizeof(*g));
     if (g == NULL) {
@@ -340,7 +345,7 @@ static cr_gen_t *cr_gen_create(cr_master_t *m, cr_conf_t *conf, unsigned id)
     g->nworkers = conf->workers;
     unsigned i;
     for (i = 0; i < conf->nlisten; i++) {
-        g->lfd[i] = cr_listener_get(m, conf->file, &conf->listen[i]);
+        g->lfd[i] = cr_listener_get(m, conf->file, &conf->listen[i], level);
         if (g->lfd[i] == -2)
             goto err;
     }
@@ -830,7 +835,7 @@ static void cr_master_reload(cr_master_t *m)
     }
 
     if (changes & CR_CHANGE_ACCEPTOR) {
-        cr_gen_t *g = cr_gen_create(m, nc, m->generation + 1);
+        cr_gen_t *g = cr_gen_create(m, nc, m->generation + 1, CR_LOG_ERR);
         if (g == NULL) {
             free(nc);
             cr_reload_failed("the new generation could not be set up (see the lines above)");
@@ -997,7 +1002,7 @@ int cr_master_run(cr_conf_t *conf)
     m->feed = cr_region_create(&fc);
     if (m->feed == NULL)
         return 1;
-    cr_gen_t *g = cr_gen_create(m, conf, 1);
+    cr_gen_t *g = cr_gen_create(m, conf, 1, CR_LOG_EMERG);
     if (g == NULL)
         goto fail;
     m->gens[m->ngens++] = g;

@@ -368,14 +368,14 @@ void cr_os_worker_limits(const cr_conf_t *c, unsigned worker_no)
 
 /* --- unix listeners ------------------------------------------------------------- */
 
-int cr_os_listen_perms(const cr_listen_conf_t *l)
+int cr_os_listen_perms(const cr_listen_conf_t *l, int level)
 {
     if (l->kind != CR_LISTEN_UNIX)
         return CR_OK;
     /* chmod on the path: fchmod() on a socket descriptor changes nothing on
      * Linux, the permission checked by connect() is the file's. */
     if (l->mode >= 0 && chmod(l->path, (mode_t)l->mode) == -1) {
-        cr_log(CR_LOG_EMERG, errno,
+        cr_log(level, errno,
                "listen \"%s\": chmod(%s, %04o) failed; check the "
                "directory and the mode",
                l->text, l->path, (unsigned)l->mode);
@@ -386,14 +386,14 @@ int cr_os_listen_perms(const cr_listen_conf_t *l)
         errno = 0;
         gr = getgrnam(l->group);
         if (gr == NULL) {
-            cr_log(CR_LOG_EMERG, errno,
+            cr_log(level, errno,
                    "listen \"%s\": group \"%s\" not found; create it "
                    "or change the listener's group",
                    l->text, l->group);
             return CR_ERROR;
         }
         if (chown(l->path, (uid_t)-1, gr->gr_gid) == -1) {
-            cr_log(CR_LOG_EMERG, errno,
+            cr_log(level, errno,
                    "listen \"%s\": chown(%s, group %s) failed; the "
                    "master must run as root or be a member of group \"%s\"",
                    l->text, l->path, l->group, l->group);

@@ -58,8 +58,9 @@ int cr_os_log_owner(int fd, const char *path);
 /* A unix listener's file, right after bind() and before listen() (so that no
  * client can connect while the mode is still the umask's): chmod to l->mode
  * when >= 0, chgrp to l->group when set. TCP listeners: nothing.
- * Returns CR_OK, or CR_ERROR with a log line naming the path and the fix. */
-int cr_os_listen_perms(const cr_listen_conf_t *l);
+ * Returns CR_OK, or CR_ERROR with a log line at `level` naming the path and
+ * the fix. */
+int cr_os_listen_perms(const cr_listen_conf_t *l, int level);
 
 /* --- children, right after fork ----------------------------------------------- */
 
