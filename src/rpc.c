@@ -917,6 +917,29 @@ static void rpc_reply_full(rpc_call_t *c, uint64_t now)
                      rpc.conf->queue_capacity, shm, waited / RPC_NS_PER_MS);
 }
 
+/* A Run stops waiting for queue space: DEADLINE_EXCEEDED when its own
+ * deadline (the call's, or Task.timeout_ms) is what ran out, as for a task
+ * that expires in the queue; RESOURCE_EXHAUSTED when queue_wait_ms did. The
+ * deadline is checked first: when both end at once (the call deadline is
+ * shorter than queue_wait_ms), the status does not depend on which thread
+ * looks first. c->mu held. */
+static void rpc_reply_waited(rpc_call_t *c, uint64_t now)
+{
+    uint64_t waited = now > c->pend_since_ns ? now - c->pend_since_ns : 0;
+
+    if (c->deadline_ns == 0 || now < c->deadline_ns) {
+        rpc_reply_full(c, now);
+        return;
+    }
+    rpc_call_finishf(c, GRPC_STATUS_DEADLINE_EXCEEDED,
+                     "task %" PRIu64 " (handler %s) waited %" PRIu64
+                     " ms for room in the queue (queue_capacity %u) and its "
+                     "deadline passed; it was not run (add workers, raise "
+                     "queue_capacity or the deadline)",
+                     c->id, rpc_handler_name(c->handler), waited / RPC_NS_PER_MS,
+                     rpc.conf->queue_capacity);
+}
+
 /* Put c on the pending list: it waits for queue space. A Run waits up to
  * queue_wait_ms or its deadline, whichever comes first; a stream waits as long
  * as it lives (it is not read meanwhile: HTTP/2 flow control holds the
@@ -934,7 +957,7 @@ static void rpc_pend_add(rpc_call_t *c, uint64_t now)
         if (c->deadline_ns && c->deadline_ns < until)
             until = c->deadline_ns;
         if (until <= now) {
-            rpc_reply_full(c, now);
+            rpc_reply_waited(c, now);
             return;
         }
     }
@@ -1032,7 +1055,7 @@ static void rpc_pend_retry(uint64_t now)
             }
             if (rc == CR_AGAIN) {
                 if (now >= c->pend_until_ns)
-                    rpc_reply_full(c, now);
+                    rpc_reply_waited(c, now);
                 else
                     done = false;
             } else if (c->kind != CALL_RUN) {
@@ -1098,8 +1121,13 @@ static ProtobufCMessage *rpc_take_request(rpc_call_t *c,
 
     c->payload = NULL;
     if (bb == NULL) {
+        /* Also what a message cut off by the end of the stream looks like:
+         * gRPC 1.51 drops the partial bytes and reports no message and no
+         * error (grpc_call_failed_before_recv_message is false; measured,
+         * see t/test_races.py), so that case cannot get INVALID_ARGUMENT. */
         snprintf(msg, sizeof(msg),
-                 "no %s message: the client closed the call without sending one",
+                 "no %s message: the client closed the call without sending a "
+                 "complete one",
                  desc->short_name);
         rpc_call_finish(c, GRPC_STATUS_INTERNAL, msg, NULL);
         return NULL;
