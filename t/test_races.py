@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from conftest import (RPC_TIMEOUT, SCALE, WAIT, call_status, pb, pb_grpc, stats, wait_for,
-                      wait_region_idle)
+from conftest import (RPC_TIMEOUT, SCALE, WAIT, Feeder, alive, call_status, pb, pb_grpc,
+                      stats, wait_for, wait_region_idle)
 
 OK = grpc.StatusCode.OK
 
@@ -351,3 +351,143 @@ def test_message_cut_off_by_half_close_is_answered_as_incomplete(crunchd):
         msg = r.field("grpc-message") or ""
         assert "without sending a complete one" in msg, r
     assert d.run("echo", "after").output == b"after"
+
+
+# --------------------------------------------------------------------------
+# Calls that end while they wait on the waiting list (queue full)
+
+
+def _access_lines(d, method):
+    path = os.path.join(d.prefix, "access.log")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [l.split() for l in f if " /crunch.v1.Crunch/%s " % method in l]
+
+
+def test_cancelled_run_waiting_for_room_is_never_run(crunchd):
+    # The Run waits on the waiting list behind a 1 s sleep; its client
+    # cancels. The waiting list lets go of it at once (its access line, written
+    # when the call's last reference goes, comes before the sleep ends), and
+    # its task is never submitted: the worker is free right after the sleep.
+    d = crunchd(workers=1, queue_capacity=1, queue_wait_ms=30000, access_log="access.log",
+                log_level="debug")
+    stub = d.stub()
+    with ThreadPoolExecutor(2) as ex:
+        blocker = ex.submit(call_status, d.run, "sleep", "1000", id=1, stub=stub,
+                            timeout=RPC_TIMEOUT)
+        wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
+        f = stub.Run.future(pb.Task(id=2, handler="sleep", payload=b"3000"),
+                            timeout=RPC_TIMEOUT)
+        d.wait_log(r"Run: task 2 handler sleep")
+        f.cancel()
+        wait_for(lambda: _access_lines(d, "Run"), what="the cancelled call's access line")
+        (line,) = _access_lines(d, "Run")
+        assert line[5] == "1", line  # CANCELLED
+        assert not blocker.done(), "the sleep ended first: the test proves nothing"
+        assert blocker.result()[0] == grpc.StatusCode.OK
+    t0 = time.monotonic()
+    assert d.run("echo", "next", id=3, timeout=RPC_TIMEOUT).output == b"next"
+    assert time.monotonic() - t0 < 1.5 * SCALE, "the cancelled 3 s sleep ran"
+    wait_region_idle(d)
+
+
+def test_cancelled_submit_waiting_for_room_gives_back_its_feed_place(crunchd):
+    # A Submit task waiting for queue space holds a place in the updates feed
+    # (reserved when it was read). Its call is cancelled: the place comes
+    # back, so the feed takes updates_capacity results again.
+    d = crunchd(workers=1, queue_capacity=1, updates_capacity=3, access_log="access.log",
+                log_level="debug")
+    stub = d.stub()
+    with ThreadPoolExecutor(2) as ex:
+        blocker = ex.submit(call_status, d.run, "sleep", "1000", id=1, stub=stub,
+                            timeout=RPC_TIMEOUT)
+        wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
+        feeder = Feeder()
+        f = stub.Submit.future(feeder, timeout=RPC_TIMEOUT)
+        feeder.put(pb.Task(id=10, handler="echo", payload=b"held"))
+        d.wait_log(r"Submit: task 10 handler echo")
+        f.cancel()
+        feeder.close()
+        wait_for(lambda: _access_lines(d, "Submit"), what="the cancelled call's access line")
+        assert not blocker.done(), "the sleep ended first: the test proves nothing"
+        assert blocker.result()[0] == grpc.StatusCode.OK
+    reply = stub.Submit(iter([pb.Task(id=20 + i, handler="echo", payload=b"x")
+                              for i in range(3)]), timeout=RPC_TIMEOUT)
+    assert (reply.accepted, reply.rejected) == (3, 0), "a feed place was not given back"
+    got = list(stub.Updates(pb.UpdatesRequest(max_results=3), timeout=RPC_TIMEOUT))
+    assert sorted(r.id for r in got) == [20, 21, 22]
+    wait_region_idle(d)
+
+
+def test_stream_cancelled_while_its_task_waits_for_room(crunchd):
+    # A RunStream holds one task on the waiting list and has others running;
+    # it is cancelled: the list lets go of it, its running tasks are
+    # cancelled, nothing is stranded.
+    d = crunchd(workers=1, queue_capacity=2, access_log="access.log", log_level="debug")
+    stub = d.stub()
+    feeder = Feeder()
+    it = stub.RunStream(feeder, timeout=RPC_TIMEOUT)
+    for i in range(3):
+        feeder.put(pb.Task(id=i, handler="sleep", payload=b"600"))
+    d.wait_log(r"RunStream: task 2 handler sleep")
+    wait_for(lambda: stats(d, stub).queue.tasks_free == 0, what="the queue full")
+    it.cancel()
+    feeder.close()
+    wait_for(lambda: _access_lines(d, "RunStream"), what="the cancelled call's access line")
+    (line,) = _access_lines(d, "RunStream")
+    assert line[5] == "1", line
+    wait_region_idle(d)
+    assert d.run("echo", "after").output == b"after"
+
+
+def test_quit_while_calls_wait_for_room_and_for_results(crunchd):
+    # The acceptor drains (QUIT) while a Run and a RunStream wait on the
+    # waiting list behind a 5 s sleep, and a Submit holds a feed place there:
+    # shutdown_timeout_ms ends the drain, gRPC cancels what is open, and the
+    # acceptor and the master exit cleanly (no abort, no leak report) long
+    # before the sleep would have ended.
+    d = crunchd(workers=1, queue_capacity=1, queue_wait_ms=30000, shutdown_timeout_ms=1000,
+                log_level="debug")
+    stub = d.stub()
+    (apid,) = d.acceptors().values()
+    with ThreadPoolExecutor(4) as ex:
+        blocker = ex.submit(call_status, d.run, "sleep", "5000", id=1, stub=stub,
+                            timeout=RPC_TIMEOUT)
+        wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
+        run = ex.submit(call_status, d.run, "echo", "waits", id=2, stub=stub,
+                        timeout=RPC_TIMEOUT)
+        feeder = Feeder()
+        stream = stub.RunStream(feeder, timeout=RPC_TIMEOUT)
+        feeder.put(pb.Task(id=3, handler="echo", payload=b"waits too"))
+        sfeeder = Feeder()
+        sub = stub.Submit.future(sfeeder, timeout=RPC_TIMEOUT)
+        sfeeder.put(pb.Task(id=4, handler="echo", payload=b"held"))
+        for rx in (r"Run: task 2 handler", r"RunStream: task 3 handler",
+                   r"Submit: task 4 handler"):
+            d.wait_log(rx)
+        t0 = time.monotonic()
+        d.send_signal(signal.SIGQUIT)
+        wait_for(lambda: not alive(apid), what="the acceptor to exit")
+        took = time.monotonic() - t0
+        # The worker finishes the sleep in hand (a graceful stop), then all exit.
+        assert d.proc.wait(WAIT) == 0
+        feeder.close()
+        sfeeder.close()
+        codes = [blocker.result()[0], run.result()[0]]
+        try:
+            list(stream)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as e:
+            codes.append(e.code())
+        try:
+            sub.result(timeout=WAIT)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as e:
+            codes.append(e.code())
+    # Drain (1 s) + gRPC's shutdown and cancel (1 s), not the 5 s sleep.
+    assert took < 4 * SCALE, "the acceptor took %.1fs: it waited for the sleep" % took
+    # The waiting calls were cut (never answered OK with nothing done).
+    assert codes[1] != grpc.StatusCode.OK and codes[2] != grpc.StatusCode.OK, codes
+    d.wait_log(r"calls and \d+ connections still open \d+ ms after the gRPC server shut "
+               r"down; cancelling them")
