@@ -22,6 +22,11 @@
 # are echo (0 bytes to 200 kB), prime, gcd and sleep (0..300 ms), each with a
 # unique id (client number << 40 | counter).
 #
+# The queue holds 16 tasks (queue_capacity), fewer than the clients keep in
+# flight: Runs and streams keep waiting for room in the acceptors (a Run up
+# to its deadline: queue_wait_ms = CALL_TIMEOUT), so back-pressure is part of
+# the soak.
+#
 # Chaos, every 0.2..1.5 s (--chaos-min/--chaos-max), one of: SIGKILL a random
 # worker (any generation, busy or idle), SIGKILL an acceptor (2 acceptors),
 # SIGHUP with the same file, SIGHUP with another `workers` (1..5) and
@@ -97,6 +102,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 T_DIR = os.path.dirname(HERE)
 
 CALL_TIMEOUT = 60.0      # a Run; far above any task here (300 ms sleep at most)
+# Fewer descriptors than the clients keep in flight (3 clients: 6 Runs and up
+# to 72 stream tasks): calls keep waiting for queue space in the acceptors,
+# so back-pressure is soaked too. A Run waits for space up to its deadline.
+QUEUE_CAPACITY = 16
 STREAM_TIMEOUT = 180.0   # a RunStream of at most 300 tasks
 ID_SHIFT = 40
 
@@ -469,6 +478,7 @@ class Soak:
              "respawn_burst": 1000, "respawn_window_ms": 10000,
              "max_connection_age_grace_ms": int(STREAM_TIMEOUT * 1000),
              "shutdown_timeout_ms": 20000, "task_timeout_ms": 30000,
+             "queue_capacity": QUEUE_CAPACITY, "queue_wait_ms": int(CALL_TIMEOUT * 1000),
              "log_level": "info"}
         s.update(over)
         return s
