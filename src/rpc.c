@@ -940,6 +940,27 @@ static void rpc_reply_waited(rpc_call_t *c, uint64_t now)
                      rpc.conf->queue_capacity);
 }
 
+/* The task a RunStream holds waited for queue space past its deadline: its
+ * Result says so now (a descriptor spent on it would only carry the same
+ * verdict later, as "waited 0 ms in the queue"), and the stream reads on.
+ * c->mu held. */
+static void rpc_stream_expired(rpc_call_t *c, uint64_t now)
+{
+    char msg[RPC_MSG_MAX];
+    uint64_t waited = now > c->pend_since_ns ? now - c->pend_since_ns : 0;
+
+    snprintf(msg, sizeof(msg),
+             "task %" PRIu64 " (handler %s) waited %" PRIu64
+             " ms for room in the queue (queue_capacity %u) and its deadline "
+             "passed; it was not run (add workers, raise queue_capacity or the "
+             "deadline)",
+             c->task->id, rpc_handler_name(c->handler), waited / RPC_NS_PER_MS,
+             rpc.conf->queue_capacity);
+    rpc_stream_error(c, c->task->id, GRPC_STATUS_DEADLINE_EXCEEDED, msg);
+    crunch__v1__task__free_unpacked(c->task, NULL);
+    c->task = NULL;
+}
+
 /* Put c on the pending list: it waits for queue space. A Run waits up to
  * queue_wait_ms or its deadline, whichever comes first; a stream waits as long
  * as it lives (it is not read meanwhile: HTTP/2 flow control holds the
@@ -1054,10 +1075,15 @@ static void rpc_pend_retry(uint64_t now)
                 blocked = rc == CR_AGAIN;
             }
             if (rc == CR_AGAIN) {
-                if (now >= c->pend_until_ns)
+                if (c->kind == CALL_RUN && now >= c->pend_until_ns) {
                     rpc_reply_waited(c, now);
-                else
+                } else if (c->kind == CALL_STREAM && c->deadline_ns &&
+                           now >= c->deadline_ns) {
+                    rpc_stream_expired(c, now);
+                    pump = true;
+                } else {
                     done = false;
+                }
             } else if (c->kind != CALL_RUN) {
                 pump = true;
             }

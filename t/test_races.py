@@ -397,6 +397,32 @@ def test_run_whose_timeout_ms_passes_while_waiting_for_room_is_deadline_exceeded
     assert d.run("echo", "after").output == b"after"
 
 
+def test_stream_task_whose_timeout_ms_passes_while_waiting_for_room(crunchd):
+    # A RunStream task waits for room past its Task.timeout_ms: its Result
+    # says DEADLINE_EXCEEDED as soon as the deadline passes (not once room
+    # came and a worker looked, as "waited 0 ms in the queue"), and the
+    # stream reads on.
+    d = crunchd(workers=1, queue_capacity=1)
+    stub = d.stub()
+    with ThreadPoolExecutor(2) as ex:
+        blocker = _fill_queue(d, stub, ex)
+        feeder = Feeder()
+        it = stub.RunStream(feeder, timeout=RPC_TIMEOUT)
+        t0 = time.monotonic()
+        feeder.put(pb.Task(id=7, handler="echo", payload=b"late", timeout_ms=200))
+        r = next(it)
+        took = time.monotonic() - t0
+        assert not blocker.done(), "the sleep ended first: the test proves nothing"
+        assert r.id == 7 and r.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], r
+        assert "room in the queue" in r.error and "not run" in r.error, r.error
+        assert took < 1.2 * SCALE, took
+        feeder.put(pb.Task(id=8, handler="echo", payload=b"fine"))
+        feeder.close()
+        rest = list(it)
+        assert [(r.id, r.code, r.output) for r in rest] == [(8, 0, b"fine")]
+        assert blocker.result()[0] == grpc.StatusCode.OK
+    wait_region_idle(d)
+
 def test_run_cut_by_its_call_deadline_while_waiting_is_logged_deadline_exceeded(crunchd):
     # The call deadline (0.3 s) is shorter than queue_wait_ms: the result
     # thread's expiry and gRPC's own deadline race; whichever wins, the call
