@@ -1,13 +1,20 @@
-# test_races.py: the acceptor's call life-cycle under races: calls that end
-# (cancel, disconnect, deadline) at random moments while they wait for queue
-# space, while their tasks run, while their results are written; reloads and
-# QUIT under that load. Each test stresses one of the acceptor's three threads
-# (completion queue, results, updates) against the others; a wrong reference
-# count, a broken waiting list or a result sent on a dead call aborts the
-# acceptor (the fixture fails the test on its [alert] lines and on sanitizer
-# reports) or strands a descriptor (the region never comes back to idle).
-# Against the code before commit 851781e the chaos tests abort the acceptor
-# within seconds (`assertion "*pp == c" failed (rpc_pend_remove)`).
+# test_races.py: the acceptor's call life-cycle under races. The acceptor's
+# three threads (completion queue, results, updates) share each call; these
+# tests end calls at random moments (cancel, disconnect, deadline, connection
+# age, reload, QUIT, a worker killed) while they wait for queue space, while
+# their tasks run and while their results are written, on a queue of 2 or 3.
+# A wrong reference count, a broken waiting list or a batch on a dead call
+# aborts the acceptor (the fixture fails the test on [alert] lines and on
+# sanitizer reports); a stranded descriptor or feed place shows as a region
+# or feed that never comes back whole; a leaked call context keeps gRPC's
+# shutdown waiting ("exiting without cleanup" at the closing QUIT). Against
+# the code before commit 851781e the chaos tests abort the acceptor within
+# seconds (`assertion "*pp == c" failed (rpc_pend_remove)`); with one list
+# reference leaked on purpose, 10 of the 12 tests then present failed.
+#
+# Then, one call at a time: calls that end while they wait for room, and
+# which status a wait that runs past a deadline ends with; a message cut off
+# by the client's half-close.
 #
 # For a longer hunt: RACES_N (calls, default 600), RACES_RELOADS (6),
 # RACES_KILLS (6), RACES_AGE / RACES_GRACE (connection age and grace of the
@@ -39,8 +46,13 @@ class Chaos:
     call that ends OK must carry exactly the right results; the others may
     only end the ways the client made them end."""
 
+    # How a call may end other than OK: cancelled by the client, cut by its
+    # deadline or by a closed connection. Only a Run may be refused for a
+    # full queue (queue_wait_ms); streams wait, they are never refused.
     ALLOWED = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+               grpc.StatusCode.UNAVAILABLE}
+    ALLOWED_RUN = {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    task_failures = ()  # Result.code a stream's task may fail with
 
     def __init__(self, d, seed, kinds=("run", "stream", "stall", "submit", "updates")):
         self.d = d
@@ -78,7 +90,7 @@ class Chaos:
             self.note("run", grpc.StatusCode.CANCELLED)
         except grpc.RpcError as e:
             self.note("run", e.code())
-            if e.code() not in self.ALLOWED:
+            if e.code() not in self.ALLOWED | self.ALLOWED_RUN:
                 self.bad("run", tid, e.code(), e.details())
 
     def stream_one(self, rnd, stub, tid):
@@ -97,6 +109,8 @@ class Chaos:
             if sorted(r.id for r in got) != [t.id for t in tasks]:
                 self.bad("stream: results", tid, n, sorted(r.id for r in got))
             for r in got:
+                if r.code in self.task_failures:
+                    continue
                 if r.code != 0 or r.output != b"s%d" % r.id:
                     self.bad("stream: wrong result", r)
         except grpc.RpcError as e:
@@ -349,7 +363,9 @@ def test_workers_killed_while_calls_end_at_random_moments(crunchd):
                 shutdown_timeout_ms=1000)
     d.allow_log(r"\[crit\].*died \d+ times within")  # the kills look like a crash loop
     chaos = Chaos(d, seed=4)
-    chaos.ALLOWED = chaos.ALLOWED | {grpc.StatusCode.ABORTED}
+    # A Run whose worker was killed twice (task_retries 1) fails ABORTED.
+    chaos.ALLOWED_RUN = chaos.ALLOWED_RUN | {grpc.StatusCode.ABORTED}
+    chaos.task_failures = (grpc.StatusCode.ABORTED.value[0],)
     chaos.start(8)
     try:
         for k in range(int(os.environ.get("RACES_KILLS", "6"))):
