@@ -825,6 +825,7 @@ unsigned cr_region_reap(cr_region_t *r, pid_t pid, cr_role_t role, unsigned slot
             /* Every DONE task of this acceptor was freed above: the ring is empty. */
             a->head = a->tail = 0;
             a->sleeping = 0;
+            a->kicked = 0;
             a->conns = 0;
             a->pid = 0;
         }
@@ -990,6 +991,10 @@ int cr_result_take(cr_region_t *r, unsigned ai, uint32_t *out, unsigned n, int t
         }
         if (got > 0 || timeout_ms == 0 || waited)
             break;
+        /* A wake sent before we got here (its bump of the futex would be in
+         * the value we wait on, and lost): return now. */
+        if (__atomic_exchange_n(&a->kicked, 0, __ATOMIC_ACQ_REL))
+            break;
         if (!spun && cr_spin_ns) { /* queue_spin_us = 0: no unlock and relock */
             spun = true;
             cr_unlock(sh);
@@ -1012,6 +1017,7 @@ int cr_result_take(cr_region_t *r, unsigned ai, uint32_t *out, unsigned n, int t
 
 void cr_result_wake(cr_region_t *r, unsigned a)
 {
+    __atomic_store_n(&r->acceptors[a].kicked, 1, __ATOMIC_RELEASE);
     __atomic_add_fetch(&r->acceptors[a].futex, 1, __ATOMIC_RELEASE);
     cr_acceptor_wake(r, a);
 }

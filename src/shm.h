@@ -96,7 +96,9 @@ typedef struct {
                             * read by its siblings to balance accepting) */
     uint64_t head, tail;   /* result ring positions (under lock) */
     uint64_t results;      /* results delivered (counter) */
-    uint8_t pad[CR_CACHELINE - 40];
+    uint32_t kicked;       /* cr_result_wake: the next cr_result_take returns at once */
+    uint32_t spare;
+    uint8_t pad[CR_CACHELINE - 48];
 } __attribute__((aligned(CR_CACHELINE))) cr_acceptor_sh_t;
 
 typedef enum {
@@ -229,7 +231,9 @@ int cr_task_submit(cr_region_t *r, const cr_submit_t *s, uint32_t *d);
 int cr_result_take(cr_region_t *r, unsigned a, uint32_t *out, unsigned n, int timeout_ms);
 
 /* Wake acceptor slot a's result thread out of cr_result_take (which then
- * returns 0), e.g. to retry calls waiting for queue space. */
+ * returns 0), e.g. to retry calls waiting for queue space. Never lost: a wake
+ * that comes before the thread is in cr_result_take makes its next call
+ * return at once instead of sleeping. */
 void cr_result_wake(cr_region_t *r, unsigned a);
 
 /* The call is gone: a worker that has not started it frees it; a result that

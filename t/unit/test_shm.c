@@ -231,8 +231,18 @@ static void test_basic(void)
     ok(cr_task_take(r, 0, &d2, 0) == CR_OK && d2 == d, "worker takes it");
     is_int(cr_task(r, d)->state, CR_TASK_RUNNING, "running");
     is_int(r->workers[0].task, d, "worker slot records the task");
-    cr_task_finish(r, 0, d, CR_STATUS_OK, "HI", 2);
     uint32_t got[4];
+    /* A wake that comes before the result thread waits is not lost (it was:
+     * the thread slept its whole timeout, and a call waiting for queue space
+     * waited 100 ms for its retry instead of 5). */
+    cr_result_wake(r, 0);
+    t0 = cr_now_ns();
+    is_int(cr_result_take(r, 0, got, 4, 30000), 0, "an earlier wake: take returns nothing");
+    ok(cr_now_ns() - t0 < 10ull * 1000000000ull, "...at once, not after its 30 s timeout");
+    t0 = cr_now_ns();
+    is_int(cr_result_take(r, 0, got, 4, 30), 0, "the wake is used up: the next take...");
+    ok(cr_now_ns() - t0 >= 20 * 1000000ull, "...waits its timeout");
+    cr_task_finish(r, 0, d, CR_STATUS_OK, "HI", 2);
     is_int(cr_result_take(r, 0, got, 4, 0), 1, "one result");
     ok(got[0] == d && cr_task(r, d)->id == 7 && cr_task(r, d)->tag == 99, "id and tag kept");
     ok(memcmp(cr_task_result(r, d), "HI", 2) == 0 && cr_task(r, d)->result_len == 2,
