@@ -332,6 +332,9 @@ static void stats_json(const Crunch__V1__StatsReply *r)
         j_str(&j, "current_handler", p->current_handler);
         j_u64(&j, "running_us", p->running_us);
         j_u64(&j, "start_time_unix_us", p->start_time_unix_us);
+        j_u64(&j, "connections", p->connections);
+        j_u64(&j, "waiting_for_room", p->waiting_for_room);
+        j_u64(&j, "refused_queue_full", p->refused_queue_full);
         j_close(&j, '}');
     }
     j_close(&j, ']');
@@ -492,6 +495,10 @@ static void stats_table(const Crunch__V1__StatsReply *r)
             printf("task %" PRIu64 " ", p->current_task_id);
             put_one_line(stdout, p->current_handler);
             printf(" for %s\n", fmt_us(a, sizeof(a), p->running_us));
+        } else if (p->role != NULL && strcmp(p->role, "acceptor") == 0) {
+            printf("%" PRIu32 " connections, %" PRIu32 " waiting for room, %" PRIu64
+                   " refused (queue full)\n",
+                   p->connections, p->waiting_for_room, p->refused_queue_full);
         } else {
             printf("-\n");
         }

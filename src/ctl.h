@@ -36,7 +36,9 @@ typedef struct {
     uint64_t task_start_ns; /* worker: when it started, 0 = idle */
     uint64_t tasks_done;  /* worker: tasks finished; acceptor: calls finished */
     uint64_t started_wall_us;
-    uint8_t pad[8];
+    uint32_t conns;       /* acceptor: client connections it accepted, open now */
+    uint32_t waiting;     /* acceptor: calls waiting for room in a full queue now */
+    uint64_t refused_full; /* acceptor: Runs refused (RESOURCE_EXHAUSTED) for a full queue */
 } __attribute__((aligned(CR_CACHELINE))) cr_proc_sh_t;
 
 /* Per-handler figures, summed over every worker (atomic adds). */

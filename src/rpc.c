@@ -490,6 +490,12 @@ static grpc_byte_buffer *rpc_res_pack(cr_region_t *r, uint32_t d, const rpc_res_
 
 /* --- call contexts ------------------------------------------------------------- */
 
+/* Our row on the control page (Stats), or NULL (unit tests, no row). */
+static cr_proc_sh_t *rpc_ctl_row(void)
+{
+    return cr_ctl && rpc.row >= 0 && rpc.row < CR_MAX_PROCS ? &cr_ctl->procs[rpc.row] : NULL;
+}
+
 static void rpc_call_ref(rpc_call_t *c)
 {
     __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
@@ -516,8 +522,9 @@ static void rpc_call_free(rpc_call_t *c)
     if (c->accepted) {
         if (cr_access_on())
             rpc_call_log(c);
-        if (cr_ctl && rpc.row >= 0)
-            __atomic_add_fetch(&cr_ctl->procs[rpc.row].tasks_done, 1, __ATOMIC_RELAXED);
+        cr_proc_sh_t *row = rpc_ctl_row();
+        if (row)
+            __atomic_add_fetch(&row->tasks_done, 1, __ATOMIC_RELAXED);
     }
     if (c->call)
         grpc_call_unref(c->call);
@@ -908,7 +915,10 @@ static void rpc_reply_full(rpc_call_t *c, uint64_t now)
 {
     char shm[32];
     uint64_t waited = now > c->pend_since_ns ? now - c->pend_since_ns : 0;
+    cr_proc_sh_t *row = rpc_ctl_row();
 
+    if (row)
+        __atomic_add_fetch(&row->refused_full, 1, __ATOMIC_RELAXED);
     rpc_fmt_size(rpc.conf->shm_size, shm, sizeof(shm));
     rpc_call_finishf(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
                      "task queue full (queue_capacity %u) or payload arena full "
@@ -961,6 +971,15 @@ static void rpc_stream_expired(rpc_call_t *c, uint64_t now)
     c->task = NULL;
 }
 
+/* Stats: how many calls wait for queue space now. Under pend_mu. */
+static void rpc_pend_publish(void)
+{
+    cr_proc_sh_t *row = rpc_ctl_row();
+
+    if (row)
+        __atomic_store_n(&row->waiting, rpc.pend_count, __ATOMIC_RELAXED);
+}
+
 /* Put c on the pending list: it waits for queue space. A Run waits up to
  * queue_wait_ms or its deadline, whichever comes first; a stream waits as long
  * as it lives (it is not read meanwhile: HTTP/2 flow control holds the
@@ -1005,6 +1024,7 @@ static void rpc_pend_add(rpc_call_t *c, uint64_t now)
     rpc.pend_tail = c;
     first = rpc.pend_count == 0;
     __atomic_store_n(&rpc.pend_count, rpc.pend_count + 1, __ATOMIC_RELEASE);
+    rpc_pend_publish();
     rpc.pend_runs += run;
     rpc.pend_bytes += bytes;
     rpc_call_ref(c);
@@ -1019,6 +1039,7 @@ static void rpc_pend_forget_locked(rpc_call_t *c)
     c->pend = PEND_NONE;
     c->pnext = NULL;
     __atomic_store_n(&rpc.pend_count, rpc.pend_count - 1, __ATOMIC_RELEASE);
+    rpc_pend_publish();
     rpc.pend_runs -= c->kind == CALL_RUN;
     rpc.pend_bytes -= c->pend_bytes;
 }
@@ -2066,8 +2087,12 @@ static void rpc_check_pid(void)
 /* Publish our count for the siblings' balancing. conn_mu held. */
 static void rpc_conn_publish(void)
 {
+    cr_proc_sh_t *row = rpc_ctl_row();
+
     __atomic_store_n(&rpc.region->acceptors[rpc.slot].conns, rpc.nconns,
                      __ATOMIC_RELEASE);
+    if (row)
+        __atomic_store_n(&row->conns, rpc.nconns, __ATOMIC_RELAXED);
 }
 
 /* The peer of an accepted connection as gRPC would name it: "ipv4:a.b.c.d:p",
@@ -2400,8 +2425,10 @@ static bool rpc_poll(int ms)
 
 static void rpc_row_state(cr_proc_state_t st)
 {
-    if (cr_ctl && rpc.row >= 0 && rpc.row < CR_MAX_PROCS)
-        __atomic_store_n(&cr_ctl->procs[rpc.row].state, (uint8_t)st, __ATOMIC_RELEASE);
+    cr_proc_sh_t *row = rpc_ctl_row();
+
+    if (row)
+        __atomic_store_n(&row->state, (uint8_t)st, __ATOMIC_RELEASE);
 }
 
 /* Every RPC_TICK_MS on the gRPC thread: follow log_level reloads. */

@@ -260,6 +260,11 @@ static stats_reply_t *stats_collect(void)
         o->state = (char *)stats_state(state);
         o->tasks_done = __atomic_load_n(&p->tasks_done, __ATOMIC_RELAXED);
         o->start_time_unix_us = p->started_wall_us;
+        if (p->role == CR_ROLE_ACCEPTOR) {
+            o->connections = __atomic_load_n(&p->conns, __ATOMIC_RELAXED);
+            o->waiting_for_room = __atomic_load_n(&p->waiting, __ATOMIC_RELAXED);
+            o->refused_queue_full = __atomic_load_n(&p->refused_full, __ATOMIC_RELAXED);
+        }
         uint64_t t0 = __atomic_load_n(&p->task_start_ns, __ATOMIC_ACQUIRE);
         if (t0 != 0 && p->role == CR_ROLE_WORKER) {
             o->current_task_id = p->task_id;

@@ -390,7 +390,8 @@ def test_stats_json(daemon):
     for p in procs:
         assert set(p) == {"role", "slot", "generation", "pid", "state", "tasks_done",
                           "current_task_id", "current_handler", "running_us",
-                          "start_time_unix_us"}
+                          "start_time_unix_us", "connections", "waiting_for_room",
+                          "refused_queue_full"}
         assert p["generation"] == 1 and isinstance(p["current_handler"], str)
     q = s["queue"]
     assert q["capacity"] > 0 and q["depth"] == 0

@@ -128,6 +128,49 @@ def test_stats_under_load(crunchd):
     wait_for(idle, what="Stats to show an idle queue and 4 sleep tasks done")
 
 
+def test_stats_acceptor_connections_waiting_and_refused(crunchd):
+    """An operator who sees RESOURCE_EXHAUSTED can see why in Stats: calls
+    waiting for room in a full queue now, and Runs refused for it."""
+    d = crunchd(workers=1, queue_capacity=1, queue_wait_ms=60000)
+    wait_for(lambda: rows_match_children(d), what="Stats rows to match the children")
+    s = stats(d)
+    (acc,) = rows(s, "acceptor")
+    assert acc.connections >= 1  # ours, at least
+    assert acc.waiting_for_room == 0 and acc.refused_queue_full == 0
+    for p in rows(s, "worker"):
+        assert (p.connections, p.waiting_for_room, p.refused_queue_full) == (0, 0, 0)
+
+    stub = d.stub()
+    with ThreadPoolExecutor(3) as ex:
+        # One sleep holds the only descriptor; two more Runs wait for it.
+        first = ex.submit(call_status, d.run, "sleep", "400", id=1, stub=stub,
+                          timeout=60 * SCALE)
+        wait_for(lambda: stats(d).queue.running == 1, what="the first sleep running")
+        later = [ex.submit(call_status, d.run, "echo", "w%d" % i, id=10 + i, stub=stub,
+                           timeout=60 * SCALE) for i in range(2)]
+
+        def waiting():
+            (a,) = rows(stats(d), "acceptor")
+            return a if a.waiting_for_room == 2 else None
+        wait_for(waiting, what="Stats to show 2 calls waiting for room")
+        for f in [first] + later:
+            code, details, _, _ = f.result()
+            assert code == grpc.StatusCode.OK, details
+    wait_for(lambda: rows(stats(d), "acceptor")[0].waiting_for_room == 0,
+             what="no call waiting once they are answered")
+
+    # queue_wait_ms 0 refuses at once while the queue is full: counted.
+    d2 = crunchd(workers=1, queue_capacity=1, queue_wait_ms=0)
+    with ThreadPoolExecutor(1) as ex:
+        first = ex.submit(call_status, d2.run, "sleep", "300", id=1, timeout=60 * SCALE)
+        wait_for(lambda: stats(d2).queue.running == 1, what="the sleep running")
+        code, details, _, _ = call_status(d2.run, "echo", "x", id=2)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        (a,) = rows(stats(d2), "acceptor")
+        assert a.refused_queue_full == 1, a
+        assert first.result()[0] == grpc.StatusCode.OK
+
+
 def test_stats_handler_counts_and_percentiles(crunchd):
     d = crunchd(workers=2)
     stub = d.stub()
