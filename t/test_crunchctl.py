@@ -364,6 +364,9 @@ def test_stats_table(daemon):
     assert set(rows) == want, text
     for pid, cols in rows.items():
         assert cols[4] in ("idle", "busy", "starting", "draining"), cols
+    acc = [l for l in lines if l.startswith("acceptor ")]
+    assert re.search(r" [1-9]\d* connections, 0 waiting for room, 0 refused \(queue full\)$",
+                     acc[0]), text
     hdr = [l for l in lines if l.startswith("HANDLER")]
     assert hdr and hdr[0].split()[:3] == ["HANDLER", "COUNT", "ERRORS"], text
     hrows = {l.split()[0]: l.split() for l in lines[lines.index(hdr[0]) + 1:] if l.strip()}
