@@ -393,8 +393,8 @@ def test_workers_killed_while_calls_end_at_random_moments(crunchd):
 
 
 def _fill_queue(d, stub, ex):
-    """queue_capacity 1 and one worker: a 1.5 s sleep holds the only descriptor."""
-    f = ex.submit(call_status, d.run, "sleep", "1500", id=1, stub=stub, timeout=RPC_TIMEOUT)
+    """queue_capacity 1 and one worker: a 3 s sleep holds the only descriptor."""
+    f = ex.submit(call_status, d.run, "sleep", "3000", id=1, stub=stub, timeout=RPC_TIMEOUT)
     wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
     return f
 
@@ -413,7 +413,9 @@ def test_run_whose_timeout_ms_passes_while_waiting_for_room_is_deadline_exceeded
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
         assert "waited" in details and "room in the queue" in details, details
         assert "task 7 (handler echo)" in details and "not run" in details, details
-        assert 0.15 < secs < 1.5 * SCALE, secs
+        assert secs > 0.15, secs
+        # Answered when its deadline passed, not once room came.
+        assert not blocker.done(), "the sleep ended first: the test proves nothing"
         assert blocker.result()[0] == grpc.StatusCode.OK
     assert d.run("echo", "after").output == b"after"
 
@@ -429,14 +431,11 @@ def test_stream_task_whose_timeout_ms_passes_while_waiting_for_room(crunchd):
         blocker = _fill_queue(d, stub, ex)
         feeder = Feeder()
         it = stub.RunStream(feeder, timeout=RPC_TIMEOUT)
-        t0 = time.monotonic()
         feeder.put(pb.Task(id=7, handler="echo", payload=b"late", timeout_ms=200))
         r = next(it)
-        took = time.monotonic() - t0
         assert not blocker.done(), "the sleep ended first: the test proves nothing"
         assert r.id == 7 and r.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], r
         assert "room in the queue" in r.error and "not run" in r.error, r.error
-        assert took < 1.2 * SCALE, took
         feeder.put(pb.Task(id=8, handler="echo", payload=b"fine"))
         feeder.close()
         rest = list(it)
@@ -525,9 +524,13 @@ def test_cancelled_run_waiting_for_room_is_never_run(crunchd):
         assert line[5] == "1", line  # CANCELLED
         assert not blocker.done(), "the sleep ended first: the test proves nothing"
         assert blocker.result()[0] == grpc.StatusCode.OK
-    t0 = time.monotonic()
     assert d.run("echo", "next", id=3, timeout=RPC_TIMEOUT).output == b"next"
-    assert time.monotonic() - t0 < 1.5 * SCALE, "the cancelled 3 s sleep ran"
+    # One worker takes tasks in order: once the echo is counted, a sleep
+    # submitted before it would be counted too.
+    def counts():
+        h = {x.name: x.count for x in stats(d, stub).handlers}
+        return h if h["echo"] == 1 else None
+    assert wait_for(counts, what="the echo counted")["sleep"] == 1, "the cancelled sleep ran"
     wait_region_idle(d)
 
 
