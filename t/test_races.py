@@ -444,7 +444,7 @@ def test_stream_task_whose_timeout_ms_passes_while_waiting_for_room(crunchd):
     wait_region_idle(d)
 
 def test_run_cut_by_its_call_deadline_while_waiting_is_logged_deadline_exceeded(crunchd):
-    # The call deadline (0.3 s) is shorter than queue_wait_ms: the result
+    # The call deadline (0.5 s) is shorter than queue_wait_ms: the result
     # thread's expiry and gRPC's own deadline race; whichever wins, the call
     # ends DEADLINE_EXCEEDED, on the client and in the access log (the server
     # used to send RESOURCE_EXHAUSTED when it looked first).
@@ -454,7 +454,7 @@ def test_run_cut_by_its_call_deadline_while_waiting_is_logged_deadline_exceeded(
     with ThreadPoolExecutor(n + 1) as ex:
         blocker = _fill_queue(d, stub, ex)
         futs = [ex.submit(call_status, d.run, "echo", "w%d" % i, id=100 + i, stub=stub,
-                          timeout=0.3) for i in range(n)]
+                          timeout=0.5 * SCALE) for i in range(n)]
         for f in futs:
             code, details, _, _ = f.result()
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
