@@ -933,21 +933,32 @@ static void rpc_reply_full(rpc_call_t *c, uint64_t now)
  * deadline is checked first: when both end at once (the call deadline is
  * shorter than queue_wait_ms), the status does not depend on which thread
  * looks first. c->mu held. */
-static void rpc_reply_waited(rpc_call_t *c, uint64_t now)
+/* The DEADLINE_EXCEEDED text of task id, which waited for queue space since
+ * c->pend_since_ns until its deadline passed. */
+static void rpc_fmt_expired(const rpc_call_t *c, uint64_t id, uint64_t now, char *msg,
+                            size_t len)
 {
     uint64_t waited = now > c->pend_since_ns ? now - c->pend_since_ns : 0;
+
+    snprintf(msg, len,
+             "task %" PRIu64 " (handler %s) waited %" PRIu64
+             " ms for room in the queue (queue_capacity %u) and its deadline "
+             "passed; it was not run (add workers, raise queue_capacity or the "
+             "deadline)",
+             id, rpc_handler_name(c->handler), waited / RPC_NS_PER_MS,
+             rpc.conf->queue_capacity);
+}
+
+static void rpc_reply_waited(rpc_call_t *c, uint64_t now)
+{
+    char msg[RPC_MSG_MAX];
 
     if (c->deadline_ns == 0 || now < c->deadline_ns) {
         rpc_reply_full(c, now);
         return;
     }
-    rpc_call_finishf(c, GRPC_STATUS_DEADLINE_EXCEEDED,
-                     "task %" PRIu64 " (handler %s) waited %" PRIu64
-                     " ms for room in the queue (queue_capacity %u) and its "
-                     "deadline passed; it was not run (add workers, raise "
-                     "queue_capacity or the deadline)",
-                     c->id, rpc_handler_name(c->handler), waited / RPC_NS_PER_MS,
-                     rpc.conf->queue_capacity);
+    rpc_fmt_expired(c, c->id, now, msg, sizeof(msg));
+    rpc_call_finish(c, GRPC_STATUS_DEADLINE_EXCEEDED, msg, NULL);
 }
 
 /* The task a RunStream holds waited for queue space past its deadline: its
@@ -957,15 +968,8 @@ static void rpc_reply_waited(rpc_call_t *c, uint64_t now)
 static void rpc_stream_expired(rpc_call_t *c, uint64_t now)
 {
     char msg[RPC_MSG_MAX];
-    uint64_t waited = now > c->pend_since_ns ? now - c->pend_since_ns : 0;
 
-    snprintf(msg, sizeof(msg),
-             "task %" PRIu64 " (handler %s) waited %" PRIu64
-             " ms for room in the queue (queue_capacity %u) and its deadline "
-             "passed; it was not run (add workers, raise queue_capacity or the "
-             "deadline)",
-             c->task->id, rpc_handler_name(c->handler), waited / RPC_NS_PER_MS,
-             rpc.conf->queue_capacity);
+    rpc_fmt_expired(c, c->task->id, now, msg, sizeof(msg));
     rpc_stream_error(c, c->task->id, GRPC_STATUS_DEADLINE_EXCEEDED, msg);
     crunch__v1__task__free_unpacked(c->task, NULL);
     c->task = NULL;
