@@ -392,9 +392,9 @@ def test_workers_killed_while_calls_end_at_random_moments(crunchd):
 # A Run waiting for queue space: which of its bounds ran out
 
 
-def _fill_queue(d, stub, ex):
-    """queue_capacity 1 and one worker: a 3 s sleep holds the only descriptor."""
-    f = ex.submit(call_status, d.run, "sleep", "3000", id=1, stub=stub, timeout=RPC_TIMEOUT)
+def _fill_queue(d, stub, ex, ms=3000):
+    """queue_capacity 1 and one worker: a sleep of ms holds the only descriptor."""
+    f = ex.submit(call_status, d.run, "sleep", str(ms), id=1, stub=stub, timeout=RPC_TIMEOUT)
     wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
     return f
 
@@ -512,9 +512,7 @@ def test_cancelled_run_waiting_for_room_is_never_run(crunchd):
                 log_level="debug")
     stub = d.stub()
     with ThreadPoolExecutor(2) as ex:
-        blocker = ex.submit(call_status, d.run, "sleep", "1000", id=1, stub=stub,
-                            timeout=RPC_TIMEOUT)
-        wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
+        blocker = _fill_queue(d, stub, ex, ms=1000)
         f = stub.Run.future(pb.Task(id=2, handler="sleep", payload=b"3000"),
                             timeout=RPC_TIMEOUT)
         d.wait_log(r"Run: task 2 handler sleep")
@@ -542,9 +540,7 @@ def test_cancelled_submit_waiting_for_room_gives_back_its_feed_place(crunchd):
                 log_level="debug")
     stub = d.stub()
     with ThreadPoolExecutor(2) as ex:
-        blocker = ex.submit(call_status, d.run, "sleep", "1000", id=1, stub=stub,
-                            timeout=RPC_TIMEOUT)
-        wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
+        blocker = _fill_queue(d, stub, ex, ms=1000)
         feeder = Feeder()
         f = stub.Submit.future(feeder, timeout=RPC_TIMEOUT)
         feeder.put(pb.Task(id=10, handler="echo", payload=b"held"))
@@ -594,9 +590,7 @@ def test_quit_while_calls_wait_for_room_and_for_results(crunchd):
     stub = d.stub()
     (apid,) = d.acceptors().values()
     with ThreadPoolExecutor(4) as ex:
-        blocker = ex.submit(call_status, d.run, "sleep", "4000", id=1, stub=stub,
-                            timeout=RPC_TIMEOUT)
-        wait_for(lambda: stats(d, stub).queue.running == 1, what="the sleep running")
+        blocker = _fill_queue(d, stub, ex, ms=4000)
         run = ex.submit(call_status, d.run, "echo", "waits", id=2, stub=stub,
                         timeout=RPC_TIMEOUT)
         feeder = Feeder()
